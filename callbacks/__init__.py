@@ -1,0 +1,1 @@
+"""Callbacks shared by every method: preemption handling, checkpointing, benchmark validation."""

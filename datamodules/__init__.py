@@ -1,0 +1,1 @@
+"""DataModules: one per data kind, all resumable at the exact sample a checkpoint was taken."""

@@ -1,0 +1,378 @@
+"""Experiment configs: `base:` merging, dotlist overrides, `target`/`params` validation and instantiation.
+
+A config is checked completely before anything runs: every problem becomes one `ConfigIssue`
+(`FILE: key.path: message`) and they are reported together, so a user fixes a config in one pass.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import importlib
+import inspect
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Modules whose objects a config may build. Anything else is refused before import, so a config
+# cannot run arbitrary code by naming it.
+ALLOWED_TARGET_PREFIXES = (
+    "lightning_modules",
+    "datamodules",
+    "callbacks",
+    "launch",
+    "torch",
+    "lightning",
+    "transformers",
+    "diffusers",
+    "peft",
+    "torchmetrics",
+)
+
+SECTIONS = ("base", "run", "model", "data", "trainer", "callbacks", "slurm")
+COMMAND_LINE = "command line"
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line per problem, exit code 2, no traceback."""
+
+    def __init__(self, lines: list[str] | str):
+        self.lines = [lines] if isinstance(lines, str) else list(lines)
+        super().__init__("\n".join(self.lines))
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    source: str  # file (or "command line") that set the offending key
+    key: str  # dotted key path, e.g. model.params.n_ctx
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.key}: {self.message}" if self.key else f"{self.source}: {self.message}"
+
+
+@dataclass
+class LoadedConfig:
+    cfg: DictConfig  # merged and interpolation-resolved
+    path: Path
+    sources: dict[str, str]  # dotted key -> file that set it last
+
+    def source_of(self, key: str) -> str:
+        """The file that set `key` or its closest ancestor; the main file if nobody did."""
+        probe = key
+        while probe:
+            if probe in self.sources:
+                return self.sources[probe]
+            probe = probe.rpartition(".")[0]
+        return str(self.path)
+
+
+def _flatten_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = [prefix] if prefix else []
+    if isinstance(node, dict):
+        for k, v in node.items():
+            keys += _flatten_keys(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            keys += _flatten_keys(v, f"{prefix}.{i}" if prefix else str(i))
+    return keys
+
+
+def _read_yaml(path: Path, key: str, referrer: str, issues: list[ConfigIssue]) -> dict | None:
+    if not path.is_file():
+        issues.append(ConfigIssue(referrer, key, f"file not found: {path}"))
+        return None
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        issues.append(ConfigIssue(str(path), "", f"not valid YAML{where}: {getattr(e, 'problem', e)}"))
+        return None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        issues.append(ConfigIssue(str(path), "", "the top level must be a mapping of sections"))
+        return None
+    return data
+
+
+def _collect_layers(path: Path, key: str, referrer: str, issues: list[ConfigIssue], stack: tuple) -> list:
+    """Files in merge order: each file's `base:` entries (recursively, left to right), then the file."""
+    path = path.resolve()
+    if path in stack:
+        issues.append(ConfigIssue(referrer, key, f"circular base: {path} includes itself"))
+        return []
+    data = _read_yaml(path, key, referrer, issues)
+    if data is None:
+        return []
+    bases = data.pop("base", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list):
+        issues.append(ConfigIssue(str(path), "base", "must be a list of file paths"))
+        bases = []
+    layers = []
+    for i, base in enumerate(bases):
+        layers += _collect_layers(path.parent / str(base), f"base.{i}", str(path), issues, stack + (path,))
+    layers.append((str(path), data))
+    return layers
+
+
+def parse_overrides(tokens: list[str], issues: list[ConfigIssue]) -> list[tuple[str, Any]]:
+    parsed = []
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key.strip():
+            issues.append(ConfigIssue(COMMAND_LINE, "", f"'{token}' is not key=value (e.g. trainer.max_steps=100)"))
+            continue
+        try:
+            parsed.append((key.strip(), yaml.safe_load(value) if value else None))
+        except yaml.YAMLError:
+            parsed.append((key.strip(), value))
+    return parsed
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> LoadedConfig:
+    """Merge `base:` files, the file and `key=value` overrides; raise UsageError listing every problem."""
+    path = Path(path)
+    issues: list[ConfigIssue] = []
+    layers = _collect_layers(path, "", COMMAND_LINE, issues, ())
+    override_pairs = parse_overrides(list(overrides or []), issues)
+
+    sources: dict[str, str] = {}
+    merged = OmegaConf.create({})
+    for source, data in layers:
+        for k in _flatten_keys(data):
+            sources[k] = source
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
+        except OmegaConfBaseException as e:
+            issues.append(ConfigIssue(source, "", f"cannot merge: {e}"))
+    for key, value in override_pairs:
+        try:
+            OmegaConf.update(merged, key, value, merge=True, force_add=True)
+            for k in _flatten_keys(value, key):
+                sources[k] = COMMAND_LINE
+            sources[key] = COMMAND_LINE
+        except OmegaConfBaseException as e:
+            issues.append(ConfigIssue(COMMAND_LINE, key, f"cannot set: {e}"))
+
+    loaded = LoadedConfig(merged, path, sources)
+    if not issues:
+        try:
+            OmegaConf.resolve(merged)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "full_key", "") or ""
+            issues.append(ConfigIssue(loaded.source_of(key), key, f"bad interpolation: {e.msg if hasattr(e, 'msg') else e}"))
+    for section in merged.keys():
+        if section not in SECTIONS:
+            issues.append(ConfigIssue(loaded.source_of(str(section)), str(section),
+                                      f"unknown section{_did_you_mean(str(section), SECTIONS)}; sections are {', '.join(SECTIONS[1:])}"))
+    if issues:
+        raise UsageError([str(i) for i in issues])
+    return loaded
+
+
+def _did_you_mean(word: str, options: collections.abc.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# target / params
+
+
+def is_target_node(node: Any) -> bool:
+    return isinstance(node, (dict, DictConfig)) and "target" in node
+
+
+def _import_target(target: str) -> Any:
+    """Import `a.b.C` (or `a.b.C.method`): the longest importable module prefix, then attributes."""
+    parts = target.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError as e:
+            # a missing dependency inside an existing module is not "no such target"
+            if e.name and not ".".join(parts[:cut]).startswith(e.name):
+                raise
+            continue
+        for attr in parts[cut:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise ModuleNotFoundError(target)
+
+
+def resolve_target(target: Any, key: str, source: str, issues: list[ConfigIssue]) -> Any | None:
+    if not isinstance(target, str) or not target:
+        issues.append(ConfigIssue(source, key, "target must be a dotted import path such as torch.optim.AdamW"))
+        return None
+    if not any(target == p or target.startswith(p + ".") for p in ALLOWED_TARGET_PREFIXES):
+        issues.append(ConfigIssue(source, key, f"'{target}' is outside the allowed packages "
+                                                f"({', '.join(ALLOWED_TARGET_PREFIXES)})"))
+        return None
+    try:
+        obj = _import_target(target)
+    except (ImportError, AttributeError) as e:
+        issues.append(ConfigIssue(source, key, f"cannot import '{target}': {e}"))
+        return None
+    if not callable(obj):
+        issues.append(ConfigIssue(source, key, f"'{target}' is not a class or function"))
+        return None
+    return obj
+
+
+def _signature(obj: Any) -> inspect.Signature | None:
+    try:
+        return inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+
+
+def _type_hints(obj: Any) -> dict[str, Any]:
+    fn = obj.__init__ if inspect.isclass(obj) else obj
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: fall back to no type checking for this target
+        return {}
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def value_matches(value: Any, tp: Any) -> bool:
+    """Whether a YAML value can be given for an annotation. Unknown annotations accept anything."""
+    if tp is Any or tp is inspect.Parameter.empty or isinstance(tp, (str, typing.TypeVar)):
+        return True
+    if is_target_node(value):
+        return True  # built objects are checked by their own signature
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(value_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if tp in (Path,) or (inspect.isclass(tp) and issubclass(tp, Path)):
+        return isinstance(value, str)
+    container = origin or tp
+    if container in (list, tuple, collections.abc.Sequence, typing.Sequence):
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        if not args or (container is tuple and len(args) == 2 and args[1] is Ellipsis):
+            item = args[0] if args else Any
+            return all(value_matches(v, item) for v in value)
+        if container is tuple:
+            return len(args) == len(value) and all(value_matches(v, a) for v, a in zip(value, args))
+        return all(value_matches(v, args[0]) for v in value)
+    if container in (dict, collections.abc.Mapping, typing.Mapping):
+        if not isinstance(value, (dict, DictConfig)):
+            return False
+        return not args or all(value_matches(v, args[1]) for v in value.values())
+    return True  # classes such as nn.Module or callables: checked when the object is built
+
+
+def check_target_node(node: Any, key: str, loaded: LoadedConfig, issues: list[ConfigIssue],
+                      extra_params: collections.abc.Iterable[str] = ()) -> None:
+    """Check one `{target, params}` node and every target node nested in its params.
+
+    `extra_params` are supplied by the framework at build time (not by the config) and count as given.
+    """
+    source = loaded.source_of(key)
+    unknown_fields = [k for k in node.keys() if k not in ("target", "params")]
+    for k in unknown_fields:
+        issues.append(ConfigIssue(loaded.source_of(f"{key}.{k}"), f"{key}.{k}",
+                                  f"unknown key{_did_you_mean(str(k), ('target', 'params'))}; an object is target + params"))
+    obj = resolve_target(node.get("target"), f"{key}.target", loaded.source_of(f"{key}.target"), issues)
+    params = node.get("params") or {}
+    if not isinstance(params, (dict, DictConfig)):
+        issues.append(ConfigIssue(loaded.source_of(f"{key}.params"), f"{key}.params", "must be a mapping of keyword arguments"))
+        return
+    if obj is not None:
+        check_params(obj, params, f"{key}.params", loaded, issues, extra_params)
+    for name, value in params.items():
+        check_nested(value, f"{key}.params.{name}", loaded, issues)
+
+
+def check_nested(value: Any, key: str, loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
+    if is_target_node(value):
+        check_target_node(value, key, loaded, issues)
+    elif isinstance(value, (list, ListConfig)):
+        for i, v in enumerate(value):
+            check_nested(v, f"{key}.{i}", loaded, issues)
+
+
+def check_params(obj: Any, params: Any, key: str, loaded: LoadedConfig, issues: list[ConfigIssue],
+                 extra_params: collections.abc.Iterable[str] = ()) -> None:
+    sig = _signature(obj)
+    if sig is None:
+        return
+    hints = _type_hints(obj)
+    accepted = {n: p for n, p in sig.parameters.items()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and n != "self"}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    given = set(map(str, params.keys())) | set(extra_params)
+    for name, value in params.items():
+        name = str(name)
+        where = f"{key}.{name}"
+        if name not in accepted:
+            if not takes_any:
+                issues.append(ConfigIssue(loaded.source_of(where), where, f"unknown key{_did_you_mean(name, accepted)}"))
+            continue
+        tp = hints.get(name, accepted[name].annotation)
+        if value is not None or accepted[name].default is not None:
+            plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            if not value_matches(plain, tp):
+                issues.append(ConfigIssue(loaded.source_of(where), where,
+                                          f"expected {_type_name(tp)}, got {type(plain).__name__} {plain!r}"))
+    for name, p in accepted.items():
+        if p.default is p.empty and p.kind is not p.VAR_KEYWORD and name not in given:
+            issues.append(ConfigIssue(loaded.source_of(key), f"{key}.{name}", "missing required key"))
+
+
+def instantiate(node: Any, **extra: Any) -> Any:
+    """Build `{target, params}` (recursively: nested target nodes in params are built first)."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, list):
+        return [instantiate(v) for v in node]
+    if not is_target_node(node):
+        if isinstance(node, dict):
+            return {k: instantiate(v) for k, v in node.items()}
+        return node
+    obj = _import_target(node["target"])
+    params = {k: instantiate(v) for k, v in (node.get("params") or {}).items()}
+    return obj(**params, **extra)
+
+
+def targets_in(node: Any, key: str = "") -> list[tuple[str, str]]:
+    """(key path, target) for every object a config would build, outermost first."""
+    found = []
+    if isinstance(node, (dict, DictConfig)):
+        if "target" in node:
+            found.append((key, str(node["target"])))
+        for k, v in node.items():
+            found += targets_in(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, (list, ListConfig)):
+        for i, v in enumerate(node):
+            found += targets_in(v, f"{key}.{i}")
+    return found

@@ -1,0 +1,137 @@
+"""Train a model from a YAML config: `python launch/fit.py --config FILE [--resume auto|never|PATH] [--dry-run] [key=value ...]`.
+
+The whole config is checked before anything is built; problems are printed one per line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+from typing import Sequence
+
+from launch.signals import SignalFlag
+
+# Installed before the heavy imports: a preemption signal that arrives while the job is still starting is
+# recorded (and acted upon at the first step boundary) instead of killing the process.
+SIGNAL_FLAG = SignalFlag()
+SIGNAL_FLAG.install()
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from launch.config import ConfigIssue, LoadedConfig, UsageError, check_nested, check_target_node, load_config, targets_in  # noqa: E402
+
+log = logging.getLogger("worldbridge.fit")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--resume", default="auto",
+                        help="auto: newest complete checkpoint of the run, else a fresh start (default); "
+                             "never: fresh start; or a checkpoint path")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and what would be built")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+    return parser.parse_args(argv)
+
+
+def check_config(loaded: LoadedConfig) -> None:
+    """Every problem of the config at once, without building anything heavy."""
+    from launch.slurm import check_slurm_section
+    from launch.trainer import check_run_section, check_trainer_section, raise_if
+
+    issues: list[ConfigIssue] = []
+    cfg = loaded.cfg
+    check_run_section(loaded, issues)
+    for section in ("model", "data"):
+        if cfg.get(section) is None:
+            issues.append(ConfigIssue(str(loaded.path), section, "missing section (target + params)"))
+        else:
+            check_target_node(cfg[section], section, loaded, issues)
+    callbacks = cfg.get("callbacks") or []
+    if not hasattr(callbacks, "__len__") or hasattr(callbacks, "keys"):
+        issues.append(ConfigIssue(loaded.source_of("callbacks"), "callbacks", "must be a list of target/params entries"))
+    else:
+        for i, node in enumerate(callbacks):
+            if not hasattr(node, "keys") or "target" not in node:
+                issues.append(ConfigIssue(loaded.source_of(f"callbacks.{i}"), f"callbacks.{i}", "must be a target/params entry"))
+            else:
+                check_nested(node, f"callbacks.{i}", loaded, issues)
+    check_trainer_section(loaded, issues)
+    check_slurm_section(loaded, issues)
+    raise_if(issues)
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config, args.overrides)
+    check_config(loaded)
+    resolved_yaml = OmegaConf.to_yaml(loaded.cfg)
+    if args.dry_run:
+        print(resolved_yaml.rstrip())
+        print("\n# objects this config builds:")
+        for key, target in targets_in(loaded.cfg):
+            print(f"#   {key}: {target}")
+        return 0
+
+    import lightning as L
+
+    from launch.config import instantiate
+    from launch.runs import RunDir, RunSettings, resolve_resume
+    from launch.trainer import build_trainer, slurm_job_id
+
+    run_settings = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
+    run_dir = RunDir.from_settings(run_settings)
+    ckpt_path = resolve_resume(run_dir, args.resume)
+
+    L.seed_everything(run_settings.seed, workers=True, verbose=False)
+    model = instantiate(loaded.cfg.model)
+    datamodule = instantiate(loaded.cfg.data)
+    trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG)
+    if trainer.is_global_zero:
+        run_dir.save_config(resolved_yaml)
+        run_dir.write_status("running", global_step=None, resumed_from=str(ckpt_path) if ckpt_path else None,
+                            slurm_job_id=slurm_job_id())
+    if ckpt_path:
+        log.warning("resuming from %s", ckpt_path)
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except BaseException:
+        if trainer.is_global_zero:
+            run_dir.write_status("failed", global_step=trainer.global_step)
+        raise
+
+    if preemption.preempted_at_step is not None:
+        job = slurm_job_id()
+        if trainer.is_global_zero:
+            run_dir.write_status("preempted", global_step=preemption.preempted_at_step, slurm_job_id=job)
+            if job:
+                # last action of the job: requeueing makes SLURM stop this allocation
+                print(f"preempted at step {preemption.preempted_at_step}; requeueing SLURM job {job}", flush=True)
+                subprocess.run(["scontrol", "requeue", job], check=False)
+            else:
+                print(f"preempted at step {preemption.preempted_at_step}; checkpoint {run_dir.last_checkpoint}; "
+                      f"run the same command again to resume", flush=True)
+        return 0
+    if trainer.interrupted:
+        if trainer.is_global_zero:
+            run_dir.write_status("interrupted", global_step=trainer.global_step)
+        return 1
+    if trainer.is_global_zero:
+        run_dir.write_status("finished", global_step=trainer.global_step)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as e:
+        for line in e.lines:
+            print(line, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Run directories: the place a run lives across requeues, its status marker and its checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from launch.config import UsageError
+
+LAST = "last.ckpt"
+STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
+TMP_MARK = ".tmp-"
+
+
+@dataclass
+class RunSettings:
+    """The `run` section."""
+
+    name: str
+    root: str = "runs"
+    seed: int = 0
+    every_n_train_steps: int = 100  # step checkpoints (and last.ckpt) every N optimizer steps
+    keep_last_k: int = 3  # step checkpoints kept; last.ckpt is kept besides
+    tensorboard: bool = True
+    loggers: list = field(default_factory=list)  # extra loggers as target/params nodes
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            problems.append(f"run.name: '{self.name}' must be a plain directory name")
+        if self.every_n_train_steps < 1:
+            problems.append("run.every_n_train_steps: must be >= 1")
+        if self.keep_last_k < 1:
+            problems.append("run.keep_last_k: must be >= 1")
+        if problems:
+            raise UsageError(problems)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save into a temporary file in the same directory, fsync, then rename over the target.
+
+    A reader (or a resume after SIGKILL) sees either the previous complete checkpoint or the new one,
+    never a partial file under a checkpoint name.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """Global step stored in a checkpoint, or None if it is incomplete or unreadable.
+
+    Files are opened memory-mapped: only the pickled metadata is read, not the tensors.
+    A DeepSpeed checkpoint is a directory that DeepSpeed completes by writing `latest` last.
+    """
+    try:
+        if path.is_dir():
+            if not (path / "latest").is_file():
+                return None
+            meta = path / "worldbridge_step.json"
+            return int(json.loads(meta.read_text())["global_step"]) if meta.is_file() else None
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return int(ckpt["global_step"])
+    except Exception:  # a truncated or foreign file is simply not a resumable checkpoint
+        return None
+
+
+@dataclass
+class RunDir:
+    path: Path
+
+    @classmethod
+    def from_settings(cls, run: RunSettings) -> "RunDir":
+        return cls(Path(run.root) / run.name)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / "status.json"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST
+
+    def status(self) -> dict:
+        try:
+            return json.loads(self.status_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
+    def write_status(self, state: str, **fields: Any) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+        atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
+
+    def candidates(self) -> list[Path]:
+        if not self.checkpoints.is_dir():
+            return []
+        return [p for p in self.checkpoints.iterdir()
+                if TMP_MARK not in p.name and (p.name == LAST or STEP_PATTERN.match(p.name))]
+
+    def newest_complete_checkpoint(self) -> tuple[Path, int] | None:
+        """The complete checkpoint with the highest step; last.ckpt wins a tie (it is written after)."""
+        best = None
+        for p in self.candidates():
+            step = checkpoint_step(p)
+            if step is None:
+                continue
+            key = (step, p.name == LAST)
+            if best is None or key > best[0]:
+                best = (key, p)
+        return (best[1], best[0][0]) if best else None
+
+    def save_config(self, resolved_yaml: str) -> None:
+        """Write config.yaml; a different earlier one is kept as config.<n>.yaml, never overwritten."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        target = self.path / "config.yaml"
+        if target.is_file() and target.read_text() != resolved_yaml:
+            n = 1
+            while (self.path / f"config.{n}.yaml").exists():
+                n += 1
+            shutil.copy2(target, self.path / f"config.{n}.yaml")
+        atomic_write_text(target, resolved_yaml)
+
+
+def resolve_resume(run_dir: RunDir, resume: str) -> Path | None:
+    """The checkpoint to resume from for `--resume auto|never|PATH`, or None for a fresh start."""
+    if resume == "never":
+        if run_dir.candidates():
+            raise UsageError(f"--resume never: {run_dir.checkpoints} already holds checkpoints; "
+                             "choose another run.name or remove that directory")
+        return None
+    if resume == "auto":
+        status = run_dir.status()
+        if status.get("state") == "finished":
+            raise UsageError(f"{run_dir.status_file}: run finished at step {status.get('global_step')}; "
+                             f"to train further pass --resume {run_dir.last_checkpoint} with a higher "
+                             "trainer.max_steps, or start a new run.name")
+        found = run_dir.newest_complete_checkpoint()
+        return found[0] if found else None
+    path = Path(resume)
+    if not path.exists():
+        raise UsageError(f"--resume {resume}: no such checkpoint")
+    if checkpoint_step(path) is None:
+        raise UsageError(f"--resume {resume}: not a complete checkpoint (truncated or not a Lightning checkpoint)")
+    return path

@@ -1,0 +1,1 @@
+"""LightningModules: one sub-package per method."""
