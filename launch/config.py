@@ -171,13 +171,16 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> LoadedC
         except OmegaConfBaseException as e:
             key = getattr(e, "full_key", "") or ""
             issues.append(ConfigIssue(loaded.source_of(key), key, f"bad interpolation: {e.msg if hasattr(e, 'msg') else e}"))
-    for section in merged.keys():
-        if section not in SECTIONS:
-            issues.append(ConfigIssue(loaded.source_of(str(section)), str(section),
-                                      f"unknown section{_did_you_mean(str(section), SECTIONS)}; sections are {', '.join(SECTIONS[1:])}"))
     if issues:
         raise UsageError([str(i) for i in issues])
     return loaded
+
+
+def check_sections(loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
+    for section in loaded.cfg.keys():
+        if section not in SECTIONS:
+            issues.append(ConfigIssue(loaded.source_of(str(section)), str(section),
+                                      f"unknown section{_did_you_mean(str(section), SECTIONS)}; sections are {', '.join(SECTIONS[1:])}"))
 
 
 def _did_you_mean(word: str, options: collections.abc.Iterable[str]) -> str:

@@ -20,7 +20,8 @@ SIGNAL_FLAG.install()
 
 from omegaconf import OmegaConf  # noqa: E402
 
-from launch.config import ConfigIssue, LoadedConfig, UsageError, check_nested, check_target_node, load_config, targets_in  # noqa: E402
+from launch.config import (  # noqa: E402
+    ConfigIssue, LoadedConfig, UsageError, check_nested, check_sections, check_target_node, load_config, targets_in)
 
 log = logging.getLogger("worldbridge.fit")
 
@@ -43,6 +44,7 @@ def check_config(loaded: LoadedConfig) -> None:
 
     issues: list[ConfigIssue] = []
     cfg = loaded.cfg
+    check_sections(loaded, issues)
     check_run_section(loaded, issues)
     for section in ("model", "data"):
         if cfg.get(section) is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -64,7 +65,7 @@ def deepspeed_config(strategy: str | dict, micro_batch_size: int) -> dict[str, A
 
 
 def is_deepspeed(strategy: Any) -> bool:
-    return isinstance(strategy, dict) or (isinstance(strategy, str) and strategy.startswith("deepspeed"))
+    return isinstance(strategy, (dict, DictConfig)) or (isinstance(strategy, str) and strategy.startswith("deepspeed"))
 
 
 class AtomicDeepSpeedStrategy(DeepSpeedStrategy):

@@ -1,0 +1,175 @@
+"""Config loading: merging, overrides, and every user mistake reported at once, one line each, exit 2."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launch.config import UsageError, check_target_node, instantiate, load_config, value_matches
+from launch.fit import check_config
+from tests.conftest import DEMO_CONFIG, REPO, run_fit
+
+
+def write(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def demo_copy(tmp_path: Path, **changes) -> Path:
+    """The demo config with absolute base paths, plus section changes."""
+    data = yaml.safe_load(DEMO_CONFIG.read_text())
+    data["base"] = [str((DEMO_CONFIG.parent / b).resolve()) for b in data["base"]]
+    data["run"]["root"] = str(tmp_path / "runs")
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return write(tmp_path / "cfg" / "exp.yaml", data)
+
+
+def assert_usage_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    for fragment in fragments:
+        assert any(fragment in line for line in lines), (fragment, lines)
+    return lines
+
+
+def test_base_merge_order_and_overrides(tmp_path):
+    a = write(tmp_path / "a.yaml", {"trainer": {"max_steps": 1, "precision": "32-true"}, "run": {"name": "a"}})
+    b = write(tmp_path / "b.yaml", {"trainer": {"max_steps": 2}})
+    main = write(tmp_path / "main.yaml", {"base": ["a.yaml", "b.yaml"], "trainer": {"log_every_n_steps": 3}})
+    loaded = load_config(main, ["trainer.precision=bf16-mixed", "run.seed=7"])
+    assert loaded.cfg.trainer.max_steps == 2  # later base wins
+    assert loaded.cfg.trainer.log_every_n_steps == 3
+    assert loaded.cfg.trainer.precision == "bf16-mixed"  # command line wins
+    assert loaded.cfg.run.seed == 7 and loaded.cfg.run.name == "a"
+    assert loaded.source_of("trainer.max_steps") == str(b.resolve())
+    assert loaded.source_of("trainer.precision") == "command line"
+
+
+def test_interpolation_resolved(tmp_path):
+    loaded = load_config(DEMO_CONFIG, ["data.params.dim=9"])
+    assert loaded.cfg.model.params.in_dim == 9
+
+
+def test_unknown_key_with_suggestion_reports_file_and_key(tmp_path):
+    cfg = demo_copy(tmp_path, **{"model.params.hiden_dim": 8})
+    result = run_fit("--config", str(cfg))
+    lines = assert_usage_error(result, f"{cfg.resolve()}: model.params.hiden_dim: unknown key (did you mean hidden_dim?)")
+    assert len(lines) == 1
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    cfg = demo_copy(tmp_path, **{"model.params.hiden_dim": 8, "data.params.batch_size": "big",
+                                 "trainer.max_stepz": 5})
+    result = run_fit("--config", str(cfg), "model.params.lr=fast")
+    lines = assert_usage_error(result, "model.params.hiden_dim: unknown key",
+                               "data.params.batch_size: expected int, got str 'big'",
+                               "trainer.max_stepz: unknown key (did you mean max_steps?)",
+                               "command line: model.params.lr: expected float, got str 'fast'")
+    assert len(lines) == 4
+
+
+def test_missing_required_key(tmp_path):
+    cfg = demo_copy(tmp_path, **{"run.name": None})
+    assert_usage_error(run_fit("--config", str(cfg)), "run.name: missing required key")
+
+
+def test_missing_required_param_of_target(tmp_path):
+    cfg = demo_copy(tmp_path, model={"target": "datamodules.resumable.EpochShardedSampler", "params": {"rank": 0}})
+    result = run_fit("--config", str(cfg))
+    assert_usage_error(result, "model.params.size: missing required key", "model.params.world_size: missing required key")
+
+
+def test_bad_base_path(tmp_path):
+    cfg = write(tmp_path / "exp.yaml", {"base": ["nope/trainer.yaml"], "run": {"name": "x"}})
+    result = run_fit("--config", str(cfg))
+    assert_usage_error(result, f"{cfg.resolve()}: base.0: file not found: {(tmp_path / 'nope' / 'trainer.yaml').resolve()}")
+
+
+def test_missing_config_file(tmp_path):
+    assert_usage_error(run_fit("--config", str(tmp_path / "absent.yaml")), "file not found")
+
+
+def test_target_outside_allow_list_is_not_imported(tmp_path):
+    cfg = demo_copy(tmp_path, **{"model.target": "os.system", "model.params": {"command": "touch pwned"}})
+    result = run_fit("--config", str(cfg), cwd=tmp_path)
+    assert_usage_error(result, "model.target: 'os.system' is outside the allowed packages")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_token_without_equals(tmp_path):
+    cfg = demo_copy(tmp_path)
+    result = run_fit("--config", str(cfg), "trainer.max_steps", "run.seed=1")
+    lines = assert_usage_error(result, "command line: 'trainer.max_steps' is not key=value")
+    assert len(lines) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_section_and_unimportable_target(tmp_path):
+    cfg = demo_copy(tmp_path, **{"trainr": {"max_steps": 1}, "data.target": "datamodules.nothing_here.Data"})
+    assert_usage_error(run_fit("--config", str(cfg)), "trainr: unknown section (did you mean trainer?)",
+                       "data.target: cannot import 'datamodules.nothing_here.Data'")
+
+
+def test_reserved_trainer_keys_and_bad_strategy(tmp_path):
+    cfg = demo_copy(tmp_path, **{"trainer.callbacks": [], "trainer.strategy": "deepspeed_stage_4"})
+    assert_usage_error(run_fit("--config", str(cfg)), "trainer.callbacks: set by worldbridge",
+                       "trainer.strategy: unknown preset 'deepspeed_stage_4' (did you mean deepspeed_stage_")
+
+
+def test_invalid_yaml(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("run:\n  name: [unclosed\n")
+    assert_usage_error(run_fit("--config", str(cfg)), f"{cfg.resolve()}: not valid YAML")
+
+
+def test_dry_run_prints_config_and_builds_nothing(tmp_path):
+    cfg = demo_copy(tmp_path)
+    result = run_fit("--config", str(cfg), "--dry-run", "trainer.max_steps=7")
+    assert result.returncode == 0, result.stderr
+    assert "max_steps: 7" in result.stdout
+    assert "model: lightning_modules.regression.MLPRegressor" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_nested_targets_checked_and_built(tmp_path):
+    loaded = load_config(write(tmp_path / "c.yaml", {"run": {"name": "n"}}), [])
+    node = {"target": "torch.nn.Sequential", "params": {}}
+    issues = []
+    check_target_node({"target": "torch.nn.Linear", "params": {"in_features": 2, "out_feature": 3}}, "model", loaded, issues)
+    assert [str(i).split(": ", 1)[1] for i in issues] == ["model.params.out_feature: unknown key (did you mean out_features?)",
+                                                          "model.params.out_features: missing required key"]
+    built = instantiate({"target": "torch.nn.Sequential", "params": {}})
+    assert type(built).__name__ == "Sequential" and node["target"] == "torch.nn.Sequential"
+
+
+@pytest.mark.parametrize("value,annotation,ok", [
+    (1, int, True), (True, int, False), (1, float, True), ("a", float, False), (None, int | None, True),
+    ([1, 2], list[int], True), ([1, "x"], list[int], False), ({"a": 1}, dict[str, int], True),
+    ("auto", "int | str", True), ("x", "typing.Literal", True),
+])
+def test_value_matches(value, annotation, ok):
+    assert value_matches(value, annotation) is ok
+
+
+def test_check_config_accepts_every_shipped_config():
+    """Every config under configs/ (except presets meant as bases) validates."""
+    for path in sorted((REPO / "configs").rglob("*.yaml")):
+        if path.parent.name == "base":
+            continue
+        check_config(load_config(path))
+
+
+def test_usage_error_lines():
+    err = UsageError(["a", "b"])
+    assert err.lines == ["a", "b"] and str(err) == "a\nb"

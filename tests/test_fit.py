@@ -1,0 +1,160 @@
+"""Fit, resume and preemption through launch/fit.py, as a user runs it."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from launch.runs import RunDir, checkpoint_step
+from tests.conftest import DEMO_CONFIG, REPO, run_fit
+
+# Steps slow enough (tens of ms) for a signal or a kill to land mid-run; several epochs so resume crosses
+# epoch boundaries; step checkpoints every 5 steps.
+SLOW = ["model.params.hidden_dim=768", "model.params.depth=3", "data.params.batch_size=128",
+        "data.params.num_train=1536", "data.params.num_val=128", "run.every_n_train_steps=5", "run.keep_last_k=2",
+        "trainer.val_check_interval=null", "model.params.warmup_steps=20"]
+MAX_STEPS = 120
+
+
+def args(root: Path, name: str, *extra: str) -> list[str]:
+    return ["--config", str(DEMO_CONFIG), f"run.root={root}", f"run.name={name}", f"trainer.max_steps={MAX_STEPS}", *SLOW, *extra]
+
+
+def start_fit(*fit_args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "launch" / "fit.py"), *fit_args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_step_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [int(p.stem.split("-")[1]) for p in (run_dir / "checkpoints").glob("step-*.ckpt")]
+        if steps and max(steps) >= min_step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"fit ended early:\n{proc.stdout.read()}")
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint in time")
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def status(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted run of the same config."""
+    root = tmp_path_factory.mktemp("reference")
+    result = run_fit(*args(root, "ref"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "ref"
+
+
+def test_fit_on_cpu_runs_to_max_steps(reference):
+    assert status(reference) == {**status(reference), "state": "finished", "global_step": MAX_STEPS}
+    assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
+    step_ckpts = sorted(p.name for p in (reference / "checkpoints").glob("step-*.ckpt"))
+    assert step_ckpts == ["step-00000115.ckpt", "step-00000120.ckpt"]  # keep_last_k=2
+    assert (reference / "config.yaml").is_file() and "max_steps: 120" in (reference / "config.yaml").read_text()
+    assert (reference / "logs" / "csv" / "metrics.csv").is_file()
+    assert list((reference / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_finished_run_is_not_restarted_silently(reference):
+    result = run_fit(*args(reference.parent, reference.name))
+    assert result.returncode == 2
+    assert "run finished at step 120" in result.stderr and "--resume" in result.stderr
+    assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+def test_resume_never_refuses_to_overwrite(reference):
+    result = run_fit(*args(reference.parent, reference.name), "--resume", "never")
+    assert result.returncode == 2 and "already holds checkpoints" in result.stderr
+
+
+def test_resume_from_explicit_bad_path(tmp_path):
+    bogus = tmp_path / "x.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    result = run_fit(*args(tmp_path, "r"), "--resume", str(bogus))
+    assert result.returncode == 2 and "not a complete checkpoint" in result.stderr
+    result = run_fit(*args(tmp_path, "r"), "--resume", str(tmp_path / "absent.ckpt"))
+    assert result.returncode == 2 and "no such checkpoint" in result.stderr
+
+
+def test_sigkill_at_random_step_then_resume_is_bitwise_identical(reference, tmp_path):
+    kill_after = random.Random().randint(10, MAX_STEPS - 20)
+    proc = start_fit(*args(tmp_path, "killed"))
+    wait_for_step_checkpoint(tmp_path / "killed", kill_after, proc)
+    proc.kill()
+    proc.wait()
+    run_dir = tmp_path / "killed"
+    killed_at = RunDir(run_dir).newest_complete_checkpoint()[1]
+    assert killed_at < MAX_STEPS, "the kill must land before the end"
+    result = run_fit(*args(tmp_path, "killed"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status(run_dir)["global_step"] == MAX_STEPS
+    ref, resumed = weights(reference / "checkpoints" / "last.ckpt"), weights(run_dir / "checkpoints" / "last.ckpt")
+    assert ref.keys() == resumed.keys()
+    for name in ref:
+        assert torch.equal(ref[name], resumed[name]), f"{name} differs after resuming from step {killed_at}"
+
+
+def test_truncated_checkpoint_is_never_picked(reference, tmp_path):
+    run_dir = tmp_path / "copy"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for p in (reference / "checkpoints").iterdir():
+        (run_dir / "checkpoints" / p.name).write_bytes(p.read_bytes())
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    (run_dir / "checkpoints" / ".step-00000125.ckpt.tmp-99").write_bytes(b"partial")  # an interrupted write
+    assert RunDir(run_dir).newest_complete_checkpoint() == (run_dir / "checkpoints" / "step-00000120.ckpt", 120)
+    newest = run_dir / "checkpoints" / "step-00000120.ckpt"
+    newest.write_bytes(newest.read_bytes()[:100])
+    assert RunDir(run_dir).newest_complete_checkpoint() == (run_dir / "checkpoints" / "step-00000115.ckpt", 115)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, sig):
+    run_dir = tmp_path / "pre"
+    proc = start_fit(*args(tmp_path, "pre"))
+    wait_for_step_checkpoint(run_dir, 10, proc)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    state = status(run_dir)
+    assert state["state"] == "preempted" and 10 <= state["global_step"] < MAX_STEPS, (state, out)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == state["global_step"]
+    assert "preempted at step" in out
+    result = run_fit(*args(tmp_path, "pre"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": MAX_STEPS}
+    ref, resumed = weights(reference / "checkpoints" / "last.ckpt"), weights(run_dir / "checkpoints" / "last.ckpt")
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def test_ddp_two_processes_preempted_on_one_rank_resumes_to_max_steps(tmp_path):
+    ddp = ["trainer.strategy=ddp", "trainer.devices=2"]
+    run_dir = tmp_path / "ddp"
+    proc = start_fit(*args(tmp_path, "ddp", *ddp))
+    wait_for_step_checkpoint(run_dir, 10, proc, timeout=180)
+    proc.send_signal(signal.SIGUSR1)  # rank 0 only: rank 1 must agree through the all-reduce
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, out
+    state = status(run_dir)
+    assert state["state"] == "preempted" and state["global_step"] < MAX_STEPS, (state, out)
+    result = run_fit(*args(tmp_path, "ddp", *ddp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status(run_dir)["state"] == "finished" and status(run_dir)["global_step"] == MAX_STEPS
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == MAX_STEPS
