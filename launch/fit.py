@@ -84,12 +84,13 @@ def run(args: argparse.Namespace) -> int:
 
     run_settings = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
     run_dir = RunDir.from_settings(run_settings)
-    ckpt_path = resolve_resume(run_dir, args.resume)
+    ckpt_path, resume_step = resolve_resume(run_dir, args.resume) or (None, None)
 
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
     model = instantiate(loaded.cfg.model)
     datamodule = instantiate(loaded.cfg.data)
-    trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG)
+    trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG,
+                                        resume_step=resume_step)
     if trainer.is_global_zero:
         run_dir.save_config(resolved_yaml)
         run_dir.write_status("running", global_step=None, resumed_from=str(ckpt_path) if ckpt_path else None,

@@ -170,8 +170,8 @@ class RunDir:
         atomic_write_text(target, resolved_yaml)
 
 
-def resolve_resume(run_dir: RunDir, resume: str) -> Path | None:
-    """The checkpoint to resume from for `--resume auto|never|PATH`, or None for a fresh start."""
+def resolve_resume(run_dir: RunDir, resume: str) -> tuple[Path, int] | None:
+    """(checkpoint, its step) to resume from for `--resume auto|never|PATH`, or None for a fresh start."""
     if resume == "never":
         if run_dir.candidates():
             raise UsageError(f"--resume never: {run_dir.checkpoints} already holds checkpoints; "
@@ -183,11 +183,11 @@ def resolve_resume(run_dir: RunDir, resume: str) -> Path | None:
             raise UsageError(f"{run_dir.status_file}: run finished at step {status.get('global_step')}; "
                              f"to train further pass --resume {run_dir.last_checkpoint} with a higher "
                              "trainer.max_steps, or start a new run.name")
-        found = run_dir.newest_complete_checkpoint()
-        return found[0] if found else None
+        return run_dir.newest_complete_checkpoint()
     path = Path(resume)
     if not path.exists():
         raise UsageError(f"--resume {resume}: no such checkpoint")
-    if checkpoint_step(path) is None:
+    step = checkpoint_step(path)
+    if step is None:
         raise UsageError(f"--resume {resume}: not a complete checkpoint (truncated or not a Lightning checkpoint)")
-    return path
+    return path, step

@@ -13,15 +13,16 @@ import lightning as L
 import torch
 from omegaconf import DictConfig
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from callbacks.final_checkpoint import FinalCheckpoint
 from callbacks.preemption import Preemption
-from launch.signals import SignalFlag
 from launch.config import ConfigIssue, LoadedConfig, UsageError, _did_you_mean, check_params, check_target_node, instantiate
+from launch.csv_logger import ResumableCSVLogger
 from launch.runs import TMP_MARK, AtomicCheckpointIO, RunDir, RunSettings
+from launch.signals import SignalFlag
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
     "deepspeed_stage_1": {"stage": 1},
@@ -147,7 +148,8 @@ def build_strategy(strategy: Any, micro_batch_size: int | None) -> Any:
     return strategy
 
 
-def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag: SignalFlag) -> tuple[L.Trainer, Preemption]:
+def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag: SignalFlag,
+                  resume_step: int | None = None) -> tuple[L.Trainer, Preemption]:
     cfg = loaded.cfg
     trainer_cfg = dict(cfg.get("trainer") or {})
     strategy_cfg = trainer_cfg.pop("strategy", "auto")
@@ -155,7 +157,7 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
         strategy_cfg = dict(strategy_cfg)
     batch_size = (cfg.get("data") or {}).get("params", {}).get("batch_size")
 
-    loggers: list = [CSVLogger(run_dir.logs, name="csv", version="")]
+    loggers: list = [ResumableCSVLogger(run_dir.logs, name="csv", version="", resume_step=resume_step)]
     if run.tensorboard:
         loggers.append(TensorBoardLogger(run_dir.logs, name="tensorboard", version="", default_hp_metric=False))
     loggers += [instantiate(node, save_dir=str(run_dir.logs)) for node in run.loggers]

@@ -1,5 +1,6 @@
 """Fit, resume and preemption through launch/fit.py, as a user runs it."""
 
+import csv
 import json
 import os
 import random
@@ -47,6 +48,11 @@ def wait_for_step_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Pope
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def train_loss_steps(run_dir: Path) -> list[int]:
+    with open(run_dir / "logs" / "csv" / "metrics.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 def status(run_dir: Path) -> dict:
@@ -142,6 +148,12 @@ def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, 
     assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": MAX_STEPS}
     ref, resumed = weights(reference / "checkpoints" / "last.ckpt"), weights(run_dir / "checkpoints" / "last.ckpt")
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+    # the CSV log spans both runs, without the rows of steps the resumed run repeated
+    # (plus the row Lightning flushes when it stops; it logs global step s under s - 1)
+    steps, ref_steps = train_loss_steps(run_dir), train_loss_steps(reference)
+    assert ref_steps == list(range(9, MAX_STEPS, 10))
+    assert steps == sorted(set(steps)) and set(steps) - set(ref_steps) <= {state["global_step"] - 1}
+    assert set(ref_steps) <= set(steps)
 
 
 def test_ddp_two_processes_preempted_on_one_rank_resumes_to_max_steps(tmp_path):
