@@ -34,16 +34,15 @@ class RunSettings:
     tensorboard: bool = True
     loggers: list = field(default_factory=list)  # extra loggers as target/params nodes
 
-    def __post_init__(self) -> None:
-        problems = []
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
         if not self.name or "/" in self.name or self.name in (".", ".."):
-            problems.append(f"run.name: '{self.name}' must be a plain directory name")
+            found.append(("name", f"'{self.name}' must be a plain directory name"))
         if self.every_n_train_steps < 1:
-            problems.append("run.every_n_train_steps: must be >= 1")
+            found.append(("every_n_train_steps", "must be >= 1"))
         if self.keep_last_k < 1:
-            problems.append("run.keep_last_k: must be >= 1")
-        if problems:
-            raise UsageError(problems)
+            found.append(("keep_last_k", "must be >= 1"))
+        return found
 
 
 def atomic_write_text(path: Path, text: str) -> None:

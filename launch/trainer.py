@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
@@ -135,7 +135,11 @@ def check_run_section(loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
     if run is None:
         issues.append(ConfigIssue(str(loaded.path), "run", "missing section (needs at least run.name)"))
         return
+    before = len(issues)
     check_params(RunSettings, run, "run", loaded, issues)
+    if len(issues) == before:
+        settings = RunSettings(**OmegaConf.to_container(run, resolve=True))
+        issues += [ConfigIssue(loaded.source_of(f"run.{key}"), f"run.{key}", message) for key, message in settings.problems()]
     for i, logger in enumerate(run.get("loggers") or []):
         check_target_node(logger, f"run.loggers.{i}", loaded, issues, extra_params=("save_dir",))
 
