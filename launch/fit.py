@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import subprocess
 import sys
 from typing import Sequence
@@ -109,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
         job = slurm_job_id()
         if trainer.is_global_zero:
             run_dir.write_status("preempted", global_step=preemption.preempted_at_step, slurm_job_id=job)
-            if job:
-                # last action of the job: requeueing makes SLURM stop this allocation
+            if job and SIGNAL_FLAG.received == signal.SIGUSR1:
+                # SIGUSR1 is the time-limit warning of `--signal=USR1@LEAD`; SIGTERM comes from scancel (the user
+                # wants the job gone) or from SLURM's own preemption (which requeues by itself): no requeue then.
+                # Last action of the job: requeueing makes SLURM stop this allocation.
                 print(f"preempted at step {preemption.preempted_at_step}; requeueing SLURM job {job}", flush=True)
                 subprocess.run(["scontrol", "requeue", job], check=False)
             else:

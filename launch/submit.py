@@ -41,7 +41,8 @@ def submit(args: argparse.Namespace) -> int:
     for flag, key in (("nodes", "nodes"), ("gpus_per_node", "gpus_per_node"), ("time", "time"), ("partition", "partition")):
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"slurm.{key}={value}")
+            # quoted: OmegaConf would read 10:00 (a time) as the integer 600
+            overrides.append(f"slurm.{key}='{value}'" if isinstance(value, str) else f"slurm.{key}={value}")
     loaded = load_config(args.config, overrides)
     if loaded.cfg.get("slurm") is None:
         loaded.cfg.slurm = {}
@@ -53,7 +54,7 @@ def submit(args: argparse.Namespace) -> int:
     overrides += [f"trainer.num_nodes={settings.nodes}", f"trainer.devices={devices}"]
     run = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
     run_dir = RunDir.from_settings(run)
-    script = render_sbatch(settings, job_name=run.name, run_dir=run_dir, config=Path(args.config), overrides=overrides,
+    script = render_sbatch(settings, job_name=run.name, run_dir=run_dir.path, config=Path(args.config), overrides=overrides,
                            trainer_devices=devices, workdir=Path.cwd(), fit_script=REPO_ROOT / "launch" / "fit.py")
     if args.dry_run:
         print(script, end="")

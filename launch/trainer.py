@@ -174,7 +174,7 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
                         save_top_k=run.keep_last_k, save_last=True),
         preemption,
         FinalCheckpoint(run_dir.last_checkpoint),
-        RichProgressBar(),
+        RichProgressBar(refresh_rate=10),  # redrawing every batch costs ~1 ms/step on small models
     ]
     plugins: list = []
     if not is_deepspeed(strategy_cfg):

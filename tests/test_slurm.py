@@ -1,0 +1,222 @@
+"""SLURM behaviour against a real single-node cluster (tests/slurm_cluster.py brings it up as root).
+
+launch/submit.py -> sbatch -> srun launch/fit.py; `scancel -s USR1` (what `--signal=USR1@LEAD` does before the
+time limit) -> last.ckpt at a step boundary, status.json "preempted", `scontrol requeue` -> the job pends again;
+released, it resumes from last.ckpt and finishes at exactly trainer.max_steps.
+
+Skipped (with the reason) only where no cluster can be had: not root, or the SLURM/munge binaries missing
+(tests/install_slurm.sh installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.slurm_cluster import ClusterUnavailable, cancel_job, ensure_cluster, job_info, job_state, wait_for_job
+
+pytestmark = pytest.mark.slurm
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = REPO / "configs" / "demo" / "regression.yaml"
+SUBMIT = REPO / "launch" / "submit.py"
+
+# ~20 s of training on 2 idle CPU cores (3000 steps took 9-12 s there, 40-110 s beside other test runs): the
+# signal goes out once the step-500 checkpoint exists and leaves 5000+ steps of margin before max_steps
+MAX_STEPS = 6000
+EVERY_N = 500
+TRAINING = [f"trainer.max_steps={MAX_STEPS}", f"run.every_n_train_steps={EVERY_N}", "model.params.hidden_dim=512"]
+TIME_LIMIT = "0:15:00"
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    try:
+        return ensure_cluster()
+    except ClusterUnavailable as e:
+        pytest.skip(f"no single-node SLURM cluster on this machine: {e.reason}")
+
+
+def submit_env() -> dict[str, str]:
+    """The job runs this checkout's code (sbatch exports the environment), whatever the venv's editable install points at."""
+    path = [str(REPO), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
+
+
+def run_submit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SUBMIT), "--config", str(DEMO_CONFIG), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=submit_env())
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def read_log(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def wait_until(what: str, predicate, timeout: float, job_id: str, log: Path, poll: float = 0.5):
+    """Poll `predicate` until it returns something truthy; fail with the job state and the log's tail if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; job {job_id} is {job_state(job_id)}; "
+                        f"{log} ends with:\n{read_log(log)[-3000:]}")
+        time.sleep(poll)
+
+
+def wait_for_state(job_id: str, states: set, timeout: float, log: Path):
+    try:
+        return wait_for_job(job_id, states, timeout)
+    except TimeoutError as e:
+        pytest.fail(f"{e}; {log} ends with:\n{read_log(log)[-3000:]}")
+
+
+def test_dry_run_prints_script_and_writes_nothing(tmp_path):
+    root = tmp_path / "runs"
+    result = run_submit("--dry-run", "--partition", "somewhere", "--time", TIME_LIMIT, f"run.root={root}",
+                        "run.name=dry", "trainer.max_steps=123", "model.params.hidden_dim=48", timeout=60)
+    assert result.returncode == 0, result.stderr
+    script = result.stdout
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    assert any(re.fullmatch(r"#SBATCH --signal=USR1@\d+", line) for line in lines), script
+    assert "#SBATCH --requeue" in lines, script
+    assert "#SBATCH --partition=somewhere" in lines, script
+    assert f"#SBATCH --time={TIME_LIMIT}" in lines, script
+    assert f"#SBATCH --output={(root / 'dry' / 'logs').resolve()}/slurm-%j.out" in lines, script
+    srun = [line for line in lines if line.startswith("srun ")]
+    assert len(srun) == 1, script
+    for fragment in ("launch/fit.py", "--resume auto", "trainer.max_steps=123", "model.params.hidden_dim=48",
+                     f"run.root={root}", "run.name=dry", str(DEMO_CONFIG)):
+        assert fragment in srun[0], (fragment, srun[0])
+    assert not root.exists(), "--dry-run wrote into the run root"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("time_limit", ["15", "1:00:00", "2-00:00:00"])
+def test_time_limits_that_look_like_numbers_stay_text(tmp_path, time_limit):
+    result = run_submit("--dry-run", "--time", time_limit, f"run.root={tmp_path}", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"#SBATCH --time={time_limit}" in result.stdout.splitlines()
+
+
+def test_bad_time_limit_is_a_usage_error(tmp_path):
+    result = run_submit("--dry-run", "--time", "soon", f"run.root={tmp_path}", timeout=60)
+    assert result.returncode == 2 and "slurm.time: 'soon' is not a SLURM time" in result.stderr
+
+
+def test_scancel_stops_the_job_without_requeue(partition, tmp_path):
+    """SIGTERM from a plain scancel saves (a step boundary, all ranks) but must not bring the job back."""
+    root, name = tmp_path / "runs", "slurm-cancel"
+    run_dir = root / name
+    result = run_submit("--time", TIME_LIMIT, "--partition", partition, f"run.root={root}", f"run.name={name}",
+                        *TRAINING)
+    assert result.returncode == 0, f"submit failed:\n{result.stdout}\n{result.stderr}"
+    job = re.search(r"submitted job (\d+)", result.stdout).group(1)
+    log = run_dir / "logs" / f"slurm-{job}.out"
+    try:
+        wait_until("the first step checkpoint",
+                   lambda: list((run_dir / "checkpoints").glob("step-*.ckpt")) if (run_dir / "checkpoints").is_dir() else [],
+                   90, job, log, poll=0.25)
+        assert subprocess.run(["scancel", job], timeout=30).returncode == 0
+        wait_until("status.json state 'preempted'", lambda: read_status(run_dir).get("state") == "preempted", 60, job, log)
+        assert wait_for_state(job, {"CANCELLED", None}, 60, log) in ("CANCELLED", None)
+        time.sleep(3)  # a requeue would show up as PENDING by now
+        assert job_state(job) in ("CANCELLED", None)
+        assert "requeueing" not in read_log(log)
+    finally:
+        if job_state(job) not in (None, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            cancel_job(job)
+
+
+def test_preempt_requeue_resume(partition, tmp_path):
+    root, name = tmp_path / "runs", "slurm-preempt"
+    run_dir = root / name
+    started = time.monotonic()
+    result = run_submit("--time", TIME_LIMIT, "--partition", partition, f"run.root={root}", f"run.name={name}",
+                        *TRAINING)
+    assert result.returncode == 0, f"submit failed:\n{result.stdout}\n{result.stderr}"
+    match = re.search(r"submitted job (\d+): (\S+)", result.stdout)
+    assert match, result.stdout
+    job = match.group(1)
+    assert Path(match.group(2)) == run_dir / "slurm.sbatch"
+    assert (run_dir / "slurm_jobs.txt").read_text().split() == [job]
+    log = run_dir / "logs" / f"slurm-{job}.out"
+    finished = False
+    try:
+        # 1. training is underway: a step checkpoint exists and the job still runs
+        def training_underway():
+            state = job_state(job)
+            if state not in ("PENDING", "CONFIGURING", "RUNNING"):
+                pytest.fail(f"job {job} is {state} before it was signalled; log:\n{read_log(log)[-3000:]}")
+            ckpts = run_dir / "checkpoints"
+            steps = sorted(ckpts.glob("step-*.ckpt")) if ckpts.is_dir() else []
+            return steps and read_status(run_dir).get("state") == "running" and state == "RUNNING"
+
+        wait_until("the first step checkpoint", training_underway, 90, job, log, poll=0.25)
+        signalled_at = time.monotonic()
+
+        # 2. the signal SLURM sends before the time limit; without --batch it goes to the srun step's tasks
+        scancel = subprocess.run(["scancel", "-s", "USR1", job], capture_output=True, text=True, timeout=30)
+        assert scancel.returncode == 0, scancel.stderr
+
+        preempted = wait_until("status.json state 'preempted'",
+                               lambda: (s := read_status(run_dir)).get("state") == "preempted" and s, 60, job, log)
+        step = preempted["global_step"]
+        assert 0 < step < MAX_STEPS, preempted
+        assert preempted["slurm_job_id"] == job
+        from launch.runs import checkpoint_step
+        last = run_dir / "checkpoints" / "last.ckpt"
+        assert checkpoint_step(last) == step
+
+        # requeued: the same job id pends again (SLURM holds a requeued batch job back with a BeginTime)
+        assert wait_for_state(job, {"PENDING"}, 60, log) == "PENDING"
+        info = job_info(job)
+        assert int(info.get("Restarts", "0")) >= 1, info
+        assert f"preempted at step {step}; requeueing SLURM job {job}" in read_log(log)
+        # nothing ran on while it pends: the preempted status and checkpoint stay as they were
+        assert read_status(run_dir).get("state") == "preempted"
+        requeued_at = time.monotonic()
+
+        # 3. release it now instead of waiting out the BeginTime
+        release = subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True,
+                                 text=True, timeout=30)
+        assert release.returncode == 0, release.stderr
+        # COMPLETED while slurmctld remembers it (MinJobAge); None once forgotten (no accounting for sacct)
+        final = wait_for_state(job, {"COMPLETED", None}, 150, log)
+        finished = True
+        status = read_status(run_dir)
+        text = read_log(log)
+        assert status.get("state") == "finished", (status, text[-3000:])
+        assert status.get("global_step") == MAX_STEPS, status
+        assert checkpoint_step(last) == MAX_STEPS
+
+        # the second start resumed from the preemption checkpoint; both starts share the appended log
+        resumes = re.findall(r"resuming from (\S+)", text)
+        assert resumes == [str(last)], (resumes, text[-3000:])
+        assert text.index(f"requeueing SLURM job {job}") < text.index("resuming from")
+        assert final in ("COMPLETED", None)
+        print(f"\njob {job}: signalled after {signalled_at - started:.0f} s, preempted at step {step}, "
+              f"pending again after {requeued_at - signalled_at:.0f} s (BeginTime {info.get('StartTime')}), "
+              f"finished {time.monotonic() - requeued_at:.0f} s after release")
+    finally:
+        if not finished and job_state(job) not in (None, "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+            cancel_job(job)
