@@ -300,7 +300,6 @@ def check_target_node(node: Any, key: str, loaded: LoadedConfig, issues: list[Co
 
     `extra_params` are supplied by the framework at build time (not by the config) and count as given.
     """
-    source = loaded.source_of(key)
     unknown_fields = [k for k in node.keys() if k not in ("target", "params")]
     for k in unknown_fields:
         issues.append(ConfigIssue(loaded.source_of(f"{key}.{k}"), f"{key}.{k}",

@@ -10,7 +10,9 @@ import logging
 import signal
 import subprocess
 import sys
-from typing import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
 
 from launch.signals import SignalFlag
 
@@ -66,41 +68,51 @@ def check_config(loaded: LoadedConfig) -> None:
     raise_if(issues)
 
 
-def run(args: argparse.Namespace) -> int:
-    loaded = load_config(args.config, args.overrides)
-    check_config(loaded)
-    resolved_yaml = OmegaConf.to_yaml(loaded.cfg)
-    if args.dry_run:
-        print(resolved_yaml.rstrip())
-        print("\n# objects this config builds:")
-        for key, target in targets_in(loaded.cfg):
-            print(f"#   {key}: {target}")
-        return 0
+@dataclass
+class PreparedRun:
+    """Everything a fit needs, built from a checked config; nothing has been written yet."""
 
+    loaded: LoadedConfig
+    run_dir: Any
+    ckpt_path: Path | None
+    model: Any
+    datamodule: Any
+    trainer: Any
+    preemption: Any
+
+
+def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
+    """Build the run of a checked config: resume decision, seeded model and data, trainer."""
     import lightning as L
 
     from launch.config import instantiate
     from launch.runs import RunDir, RunSettings, resolve_resume
-    from launch.trainer import build_trainer, slurm_job_id
+    from launch.trainer import build_trainer
 
     run_settings = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
     run_dir = RunDir.from_settings(run_settings)
-    ckpt_path, resume_step = resolve_resume(run_dir, args.resume) or (None, None)
-
+    ckpt_path, resume_step = resolve_resume(run_dir, resume) or (None, None)
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
     model = instantiate(loaded.cfg.model)
     datamodule = instantiate(loaded.cfg.data)
-    trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG,
-                                        resume_step=resume_step)
+    trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG, resume_step=resume_step)
+    return PreparedRun(loaded, run_dir, ckpt_path, model, datamodule, trainer, preemption)
+
+
+def fit_run(prepared: PreparedRun) -> int:
+    """Fit, keeping status.json current; after a preemption, requeue the SLURM job if it asked for it."""
+    from launch.trainer import slurm_job_id
+
+    trainer, run_dir, ckpt_path, preemption = prepared.trainer, prepared.run_dir, prepared.ckpt_path, prepared.preemption
     if trainer.is_global_zero:
-        run_dir.save_config(resolved_yaml)
+        run_dir.save_config(OmegaConf.to_yaml(prepared.loaded.cfg))
         run_dir.write_status("running", global_step=None, resumed_from=str(ckpt_path) if ckpt_path else None,
-                            slurm_job_id=slurm_job_id())
+                             slurm_job_id=slurm_job_id())
     if ckpt_path:
         log.warning("resuming from %s", ckpt_path)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        trainer.fit(prepared.model, datamodule=prepared.datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except BaseException:
         if trainer.is_global_zero:
             run_dir.write_status("failed", global_step=trainer.global_step)
@@ -127,6 +139,18 @@ def run(args: argparse.Namespace) -> int:
     if trainer.is_global_zero:
         run_dir.write_status("finished", global_step=trainer.global_step)
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_config(args.config, args.overrides)
+    check_config(loaded)
+    if args.dry_run:
+        print(OmegaConf.to_yaml(loaded.cfg).rstrip())
+        print("\n# objects this config builds:")
+        for key, target in targets_in(loaded.cfg):
+            print(f"#   {key}: {target}")
+        return 0
+    return fit_run(prepare_run(loaded, args.resume))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

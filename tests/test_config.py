@@ -43,7 +43,7 @@ def assert_usage_error(result, *fragments):
 
 
 def test_base_merge_order_and_overrides(tmp_path):
-    a = write(tmp_path / "a.yaml", {"trainer": {"max_steps": 1, "precision": "32-true"}, "run": {"name": "a"}})
+    write(tmp_path / "a.yaml", {"trainer": {"max_steps": 1, "precision": "32-true"}, "run": {"name": "a"}})
     b = write(tmp_path / "b.yaml", {"trainer": {"max_steps": 2}})
     main = write(tmp_path / "main.yaml", {"base": ["a.yaml", "b.yaml"], "trainer": {"log_every_n_steps": 3}})
     loaded = load_config(main, ["trainer.precision=bf16-mixed", "run.seed=7"])

@@ -10,6 +10,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from callbacks.preemption import Preemption
 from launch.config import load_config
+from launch.csv_logger import ResumableCSVLogger
 from launch.fit import check_config
 from launch.runs import RunDir, RunSettings, checkpoint_step
 from launch.signals import SignalFlag
@@ -39,10 +40,10 @@ def test_trainer_arguments_pass_through(tmp_path):
 
 def test_loggers_csv_always_tensorboard_by_default_and_extra_from_config(tmp_path):
     trainer, _ = build(tmp_path)
-    assert [type(lg) for lg in trainer.loggers] == [CSVLogger, TensorBoardLogger]
+    assert [type(lg) for lg in trainer.loggers] == [ResumableCSVLogger, TensorBoardLogger]
     trainer, _ = build(tmp_path, "run.tensorboard=false",
                        "run.loggers=[{target: lightning.pytorch.loggers.CSVLogger, params: {name: extra}}]")
-    assert [type(lg) for lg in trainer.loggers] == [CSVLogger, CSVLogger]
+    assert [type(lg) for lg in trainer.loggers] == [ResumableCSVLogger, CSVLogger]
     assert trainer.loggers[1].save_dir == str(tmp_path / "demo-regression" / "logs") and trainer.loggers[1].name == "extra"
 
 
