@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections.abc
 import difflib
+import enum
 import importlib
 import inspect
 import types
@@ -180,10 +181,10 @@ def check_sections(loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
     for section in loaded.cfg.keys():
         if section not in SECTIONS:
             issues.append(ConfigIssue(loaded.source_of(str(section)), str(section),
-                                      f"unknown section{_did_you_mean(str(section), SECTIONS)}; sections are {', '.join(SECTIONS[1:])}"))
+                                      f"unknown section{did_you_mean(str(section), SECTIONS)}; sections are {', '.join(SECTIONS[1:])}"))
 
 
-def _did_you_mean(word: str, options: collections.abc.Iterable[str]) -> str:
+def did_you_mean(word: str, options: collections.abc.Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
@@ -240,11 +241,24 @@ def _signature(obj: Any) -> inspect.Signature | None:
 
 
 def _type_hints(obj: Any) -> dict[str, Any]:
+    """Annotations of obj's parameters, evaluated one by one: one unresolvable forward reference (a name
+    imported only for type checkers) leaves that parameter unchecked, not the whole signature."""
     fn = obj.__init__ if inspect.isclass(obj) else obj
     try:
         return typing.get_type_hints(fn)
-    except Exception:  # unresolvable forward references: fall back to no type checking for this target
-        return {}
+    except Exception:
+        pass
+    namespace = dict(getattr(inspect.unwrap(fn), "__globals__", {}))
+    hints = {}
+    for name, annotation in getattr(fn, "__annotations__", {}).items():
+        if not isinstance(annotation, str):
+            hints[name] = annotation
+            continue
+        try:
+            hints[name] = eval(annotation, namespace)  # annotations are code of an allow-listed, imported module
+        except Exception:
+            continue
+    return hints
 
 
 def _type_name(tp: Any) -> str:
@@ -291,7 +305,12 @@ def value_matches(value: Any, tp: Any) -> bool:
         if not isinstance(value, (dict, DictConfig)):
             return False
         return not args or all(value_matches(v, args[1]) for v in value.values())
-    return True  # classes such as nn.Module or callables: checked when the object is built
+    if inspect.isclass(tp) and isinstance(value, (str, int, float, bool)):
+        # a YAML scalar given for a class (Tensor, nn.Module, an Enum): it must already be one, or name a member
+        if issubclass(tp, enum.Enum):
+            return any(value in (m.value, m.name) for m in tp)
+        return isinstance(value, tp)
+    return True  # mappings and lists for other classes, and callables: checked when the object is built
 
 
 def check_target_node(node: Any, key: str, loaded: LoadedConfig, issues: list[ConfigIssue],
@@ -303,7 +322,7 @@ def check_target_node(node: Any, key: str, loaded: LoadedConfig, issues: list[Co
     unknown_fields = [k for k in node.keys() if k not in ("target", "params")]
     for k in unknown_fields:
         issues.append(ConfigIssue(loaded.source_of(f"{key}.{k}"), f"{key}.{k}",
-                                  f"unknown key{_did_you_mean(str(k), ('target', 'params'))}; an object is target + params"))
+                                  f"unknown key{did_you_mean(str(k), ('target', 'params'))}; an object is target + params"))
     obj = resolve_target(node.get("target"), f"{key}.target", loaded.source_of(f"{key}.target"), issues)
     params = node.get("params") or {}
     if not isinstance(params, (dict, DictConfig)):
@@ -338,7 +357,7 @@ def check_params(obj: Any, params: Any, key: str, loaded: LoadedConfig, issues: 
         where = f"{key}.{name}"
         if name not in accepted:
             if not takes_any:
-                issues.append(ConfigIssue(loaded.source_of(where), where, f"unknown key{_did_you_mean(name, accepted)}"))
+                issues.append(ConfigIssue(loaded.source_of(where), where, f"unknown key{did_you_mean(name, accepted)}"))
             continue
         tp = hints.get(name, accepted[name].annotation)
         if value is not None or accepted[name].default is not None:

@@ -19,7 +19,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from callbacks.final_checkpoint import FinalCheckpoint
 from callbacks.preemption import Preemption
-from launch.config import ConfigIssue, LoadedConfig, UsageError, _did_you_mean, check_params, check_target_node, instantiate
+from launch.config import ConfigIssue, LoadedConfig, UsageError, did_you_mean, check_params, check_target_node, instantiate
 from launch.csv_logger import ResumableCSVLogger
 from launch.runs import TMP_MARK, AtomicCheckpointIO, RunDir, RunSettings
 from launch.signals import SignalFlag
@@ -111,7 +111,7 @@ def check_trainer_section(loaded: LoadedConfig, issues: list[ConfigIssue]) -> No
     src = loaded.source_of("trainer.strategy")
     if isinstance(strategy, str):
         if strategy not in STRATEGY_PRESETS:
-            issues.append(ConfigIssue(src, "trainer.strategy", f"unknown preset '{strategy}'{_did_you_mean(strategy, STRATEGY_PRESETS)}; "
+            issues.append(ConfigIssue(src, "trainer.strategy", f"unknown preset '{strategy}'{did_you_mean(strategy, STRATEGY_PRESETS)}; "
                                                                f"presets: {', '.join(STRATEGY_PRESETS)}, or a DeepSpeed config mapping"))
             return
     elif not hasattr(strategy, "keys"):

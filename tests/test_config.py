@@ -2,7 +2,10 @@
 
 from pathlib import Path
 
+import enum
+
 import pytest
+import torch
 import yaml
 
 from launch.config import UsageError, check_target_node, instantiate, load_config, value_matches
@@ -144,19 +147,31 @@ def test_dry_run_prints_config_and_builds_nothing(tmp_path):
 
 def test_nested_targets_checked_and_built(tmp_path):
     loaded = load_config(write(tmp_path / "c.yaml", {"run": {"name": "n"}}), [])
-    node = {"target": "torch.nn.Sequential", "params": {}}
     issues = []
+    nested = {"target": "torch.nn.Sequential", "params": {}}
     check_target_node({"target": "torch.nn.Linear", "params": {"in_features": 2, "out_feature": 3}}, "model", loaded, issues)
-    assert [str(i).split(": ", 1)[1] for i in issues] == ["model.params.out_feature: unknown key (did you mean out_features?)",
-                                                          "model.params.out_features: missing required key"]
+    check_target_node({"target": "torch.optim.SGD", "params": {"params": [], "lr": "x", "extra": nested}}, "opt", loaded, issues)
+    assert [str(i).split(": ", 1)[1] for i in issues] == [
+        "model.params.out_feature: unknown key (did you mean out_features?)",
+        "model.params.out_features: missing required key",
+        "opt.params.lr: expected float | torch.Tensor, got str 'x'",
+        "opt.params.extra: unknown key",
+    ]
     built = instantiate({"target": "torch.nn.Sequential", "params": {}})
-    assert type(built).__name__ == "Sequential" and node["target"] == "torch.nn.Sequential"
+    assert type(built).__name__ == "Sequential"
+
+
+class Reduction(enum.Enum):
+    MEAN = "mean"
+    SUM = "sum"
 
 
 @pytest.mark.parametrize("value,annotation,ok", [
     (1, int, True), (True, int, False), (1, float, True), ("a", float, False), (None, int | None, True),
     ([1, 2], list[int], True), ([1, "x"], list[int], False), ({"a": 1}, dict[str, int], True),
     ("auto", "int | str", True), ("x", "typing.Literal", True),
+    ("x", torch.Tensor, False), (1.5, float | torch.Tensor, True), ({"a": 1}, torch.nn.Module, True),
+    ("mean", Reduction, True), ("MEAN", Reduction, True), ("median", Reduction, False),
 ])
 def test_value_matches(value, annotation, ok):
     assert value_matches(value, annotation) is ok
