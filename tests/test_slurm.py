@@ -147,13 +147,16 @@ def test_scancel_stops_the_job_without_requeue(partition, tmp_path):
             cancel_job(job)
 
 
-def test_preempt_requeue_resume(partition, tmp_path):
+@pytest.mark.parametrize("ntasks", [1, 2], ids=["one-task", "ddp-two-tasks"])
+def test_preempt_requeue_resume(partition, tmp_path, ntasks):
+    """With 2 tasks, srun starts 2 DDP ranks (gloo); both get USR1 and both resume."""
     root, name = tmp_path / "runs", "slurm-preempt"
     run_dir = root / name
     started = time.monotonic()
     result = run_submit("--time", TIME_LIMIT, "--partition", partition, f"run.root={root}", f"run.name={name}",
-                        *TRAINING)
+                        *TRAINING, *(["trainer.strategy=ddp", "trainer.devices=2"] if ntasks == 2 else []))
     assert result.returncode == 0, f"submit failed:\n{result.stdout}\n{result.stderr}"
+    assert f"#SBATCH --ntasks-per-node={ntasks}" in (run_dir / "slurm.sbatch").read_text()
     match = re.search(r"submitted job (\d+): (\S+)", result.stdout)
     assert match, result.stdout
     job = match.group(1)
@@ -211,7 +214,7 @@ def test_preempt_requeue_resume(partition, tmp_path):
 
         # the second start resumed from the preemption checkpoint; both starts share the appended log
         resumes = re.findall(r"resuming from (\S+)", text)
-        assert resumes == [str(last)], (resumes, text[-3000:])
+        assert resumes == [str(last)] * ntasks, (resumes, text[-3000:])  # every rank resumed
         assert text.index(f"requeueing SLURM job {job}") < text.index("resuming from")
         assert final in ("COMPLETED", None)
         print(f"\njob {job}: signalled after {signalled_at - started:.0f} s, preempted at step {step}, "
