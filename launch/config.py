@@ -370,6 +370,16 @@ def check_params(obj: Any, params: Any, key: str, loaded: LoadedConfig, issues: 
             issues.append(ConfigIssue(loaded.source_of(key), f"{key}.{name}", "missing required key"))
 
 
+def check_settings(cls: type, section: Any, key: str, loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
+    """A settings section (a dataclass with `problems()`): its keys and types, then, if those are right, its values."""
+    before = len(issues)
+    check_params(cls, section, key, loaded, issues)
+    if len(issues) == before:
+        settings = cls(**OmegaConf.to_container(section, resolve=True))
+        issues += [ConfigIssue(loaded.source_of(f"{key}.{name}"), f"{key}.{name}", message)
+                   for name, message in settings.problems()]
+
+
 def instantiate(node: Any, **extra: Any) -> Any:
     """Build `{target, params}` (recursively: nested target nodes in params are built first)."""
     if isinstance(node, (DictConfig, ListConfig)):

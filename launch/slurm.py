@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from launch.config import ConfigIssue, LoadedConfig, check_params
+from launch.config import ConfigIssue, LoadedConfig, check_settings
 
 TIME_PATTERN = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # minutes, H:M:S, D-H[:M[:S]] as sbatch takes them
 
@@ -51,13 +51,7 @@ def check_slurm_section(loaded: LoadedConfig, issues: list[ConfigIssue]) -> None
     section = loaded.cfg.get("slurm")
     if section is None:
         return
-    before = len(issues)
-    check_params(SlurmSettings, section, "slurm", loaded, issues)
-    if len(issues) == before:
-        from omegaconf import OmegaConf
-
-        for key, message in SlurmSettings(**OmegaConf.to_container(section, resolve=True)).problems():
-            issues.append(ConfigIssue(loaded.source_of(f"slurm.{key}"), f"slurm.{key}", message))
+    check_settings(SlurmSettings, section, "slurm", loaded, issues)
 
 
 def tasks_per_node(settings: SlurmSettings, trainer_devices: object) -> int:

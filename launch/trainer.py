@@ -11,15 +11,16 @@ from typing import Any
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from omegaconf import DictConfig
 
 from callbacks.final_checkpoint import FinalCheckpoint
 from callbacks.preemption import Preemption
-from launch.config import ConfigIssue, LoadedConfig, UsageError, did_you_mean, check_params, check_target_node, instantiate
+from launch.config import (ConfigIssue, LoadedConfig, UsageError, check_params, check_settings, check_target_node,
+                           did_you_mean, instantiate)
 from launch.csv_logger import ResumableCSVLogger
 from launch.runs import TMP_MARK, AtomicCheckpointIO, RunDir, RunSettings
 from launch.signals import SignalFlag
@@ -135,11 +136,7 @@ def check_run_section(loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
     if run is None:
         issues.append(ConfigIssue(str(loaded.path), "run", "missing section (needs at least run.name)"))
         return
-    before = len(issues)
-    check_params(RunSettings, run, "run", loaded, issues)
-    if len(issues) == before:
-        settings = RunSettings(**OmegaConf.to_container(run, resolve=True))
-        issues += [ConfigIssue(loaded.source_of(f"run.{key}"), f"run.{key}", message) for key, message in settings.problems()]
+    check_settings(RunSettings, run, "run", loaded, issues)
     for i, logger in enumerate(run.get("loggers") or []):
         check_target_node(logger, f"run.loggers.{i}", loaded, issues, extra_params=("save_dir",))
 
@@ -174,7 +171,7 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
                         save_top_k=run.keep_last_k, save_last=True),
         preemption,
         FinalCheckpoint(run_dir.last_checkpoint),
-        RichProgressBar(refresh_rate=10),  # redrawing every batch costs ~1 ms/step on small models
+        RichProgressBar(refresh_rate=10),  # redrawing every batch competes with small models' steps for the CPU
     ]
     plugins: list = []
     if not is_deepspeed(strategy_cfg):

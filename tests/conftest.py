@@ -3,8 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "demo" / "regression.yaml"
 
@@ -14,8 +12,3 @@ def run_fit(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None
     return subprocess.run([sys.executable, str(REPO / "launch" / "fit.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
-
-@pytest.fixture
-def run_root(tmp_path: Path) -> Path:
-    root = tmp_path / "runs"
-    return root
