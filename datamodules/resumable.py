@@ -47,8 +47,9 @@ class EpochShardedSampler(Sampler[int]):
         start = 0
         if self._resume_at is not None and self._resume_at[0] == self.epoch:
             start = self._resume_at[1]
+        yield from self._indices()[start:].tolist()
+        # Cleared only after a full pass: Lightning may call iter() more than once before the first batch.
         self._resume_at = None
-        return iter(self._indices()[start:].tolist())
 
     def __len__(self) -> int:
         return self.per_rank

@@ -17,6 +17,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from omegaconf import DictConfig
 
+from callbacks.data_health import DataHealthLogger
 from callbacks.final_checkpoint import FinalCheckpoint
 from callbacks.preemption import Preemption
 from launch.config import (ConfigIssue, LoadedConfig, UsageError, check_params, check_settings, check_target_node,
@@ -171,6 +172,7 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
                         save_top_k=run.keep_last_k, save_last=True),
         preemption,
         FinalCheckpoint(run_dir.last_checkpoint),
+        DataHealthLogger(every_n_steps=trainer_cfg.get("log_every_n_steps", 50)),
         RichProgressBar(refresh_rate=10),  # redrawing every batch competes with small models' steps for the CPU
     ]
     plugins: list = []
