@@ -53,6 +53,55 @@ def read_sample(f: Any, offset: int) -> dict[str, bytes]:
     return sample
 
 
+_ZERO_BLOCK = bytes(512)
+
+
+def _octal(field: bytes) -> int:
+    return int(field.rstrip(b"\0 ").strip() or b"0", 8)
+
+
+def read_sample_range(f: Any, start: int, end: int) -> dict[str, bytes]:
+    """The sample stored in bytes [start, end) of a shard (end = the next sample's offset, or the shard's size),
+    with one read and a minimal ustar header parser; headers it does not handle (pax, GNU long names) fall back to
+    `read_sample` (tarfile). Checksums are verified: a damaged header is a read error, not a misread sample."""
+    f.seek(start)
+    buf = f.read(end - start)
+    if len(buf) < end - start:
+        raise tarfile.ReadError(f"shard ends at byte {start + len(buf)}, before byte {end}")
+    sample: dict[str, Any] = {}
+    key = None
+    pos = 0
+    while pos + 512 <= len(buf):
+        header = buf[pos:pos + 512]
+        if header == _ZERO_BLOCK:
+            break
+        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+            raise tarfile.ReadError(f"bad tar header checksum at byte {start + pos}")
+        kind = header[156:157]
+        if kind in (b"x", b"g", b"L", b"K"):
+            return read_sample(f, start)
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar" and header[345] != 0:
+            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+        size = _octal(header[124:136])
+        data_at = pos + 512
+        pos = data_at + (size + 511) // 512 * 512
+        parts = split_member_name(name.decode("utf-8")) if kind in (b"0", b"\0", b"7") else None
+        if parts is None:
+            continue
+        if key is None:
+            key = parts[0]
+        elif parts[0] != key:
+            break
+        if data_at + size > len(buf):
+            raise tarfile.ReadError(f"member {name.decode('utf-8', 'replace')} is truncated")
+        sample[parts[1]] = buf[data_at:data_at + size]
+    if key is None:
+        raise tarfile.ReadError(f"no tar member at byte {start}")
+    sample["__key__"] = key
+    return sample
+
+
 # -- decoding --------------------------------------------------------------------------------------------------------
 def _basic(key: str, data: bytes) -> Any:
     """txt/cls/json/npy without webdataset's pickle handlers: a dataset file must never run code when read."""
@@ -96,9 +145,12 @@ class DecodeSample:
         fields = {k: v for k, v in raw.items() if not k.startswith("__")}
         decoded = self.decoder.decode(fields)
         decoded["__key__"] = raw["__key__"]
-        return self.transform(decoded)
+        return self.transform(decoded, raw.get("__epoch__", 0))
 
-    def transform(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def transform(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """Override for per-sample torch transforms; seed random ones with
+        `datamodules.transforms.sample_generator(seed, epoch, sample['__key__'])` so that a resumed run augments
+        exactly as the uninterrupted one."""
         return sample
 
 
@@ -130,7 +182,7 @@ class BatchAssembler:
         if len(errors) < MAX_ERRORS_PER_BATCH:
             errors.append(message)
 
-    def __call__(self, raws: Sequence[tuple[str, dict[str, Any] | BaseException]]) -> dict[str, Any]:
+    def __call__(self, raws: Sequence[tuple[str, dict[str, Any] | BaseException]], epoch: int) -> dict[str, Any]:
         """`raws`: (shard url, raw sample or the error reading it)."""
         samples, errors, bad_shards = [], [], {}
         for url, raw in raws:
@@ -138,6 +190,7 @@ class BatchAssembler:
                 self._bad(url, raw, errors)
                 bad_shards[url] = bad_shards.get(url, 0) + 1
                 continue
+            raw["__epoch__"] = epoch
             try:
                 samples.append(self.make_sample(raw))
             except Exception as e:  # noqa: BLE001 - any decode/transform failure makes the sample bad
@@ -165,6 +218,7 @@ class IndexedShardDataset(Dataset):
         self.source, self.rank, self.world_size, self.settings = source, rank, world_size, settings
         self.counts = [s.samples for s in source.shards]
         self.starts = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.sizes = [s.nbytes if s.nbytes is not None else os.path.getsize(s.url) for s in source.shards]
         self.assemble = BatchAssembler(make_sample)
         self.max_open_files = max_open_files
         self._plan: tuple[int, np.ndarray] | None = None
@@ -188,22 +242,26 @@ class IndexedShardDataset(Dataset):
         self._files[shard] = f  # re-inserted last: the dict's order is least recently used first
         return f
 
-    def locate(self, sample: int) -> tuple[int, int]:
+    def locate(self, sample: int) -> tuple[int, int, int]:
+        """(shard, first byte, end byte) of a sample: it ends where the next one starts, or at the shard's end."""
         shard = int(np.searchsorted(self.starts, sample, side="right") - 1)
-        return shard, self.source.shards[shard].offsets[sample - self.starts[shard]]  # type: ignore[index]
+        i = sample - int(self.starts[shard])
+        offsets = self.source.shards[shard].offsets
+        end = offsets[i + 1] if i + 1 < len(offsets) else self.sizes[shard]  # type: ignore[index, arg-type]
+        return shard, offsets[i], end  # type: ignore[index]
 
     def read(self, sample: int) -> tuple[str, dict[str, Any] | BaseException]:
-        shard, offset = self.locate(sample)
+        shard, start, end = self.locate(sample)
         url = self.source.shards[shard].url
         try:
-            return url, read_sample(self._file(shard), offset)
-        except (tarfile.TarError, OSError, EOFError) as e:
+            return url, read_sample_range(self._file(shard), start, end)
+        except (tarfile.TarError, OSError, EOFError, UnicodeDecodeError, ValueError) as e:
             return url, e
 
     def __getitem__(self, item: tuple[int, int]) -> dict[str, Any]:
         epoch, j = item
         b = self.settings.batch_size
-        return self.assemble([self.read(int(s)) for s in self.order(epoch)[j * b:(j + 1) * b]])
+        return self.assemble([self.read(int(s)) for s in self.order(epoch)[j * b:(j + 1) * b]], epoch)
 
     def __len__(self) -> int:
         return batches_per_rank(sum(self.counts), self.world_size, self.settings)
@@ -283,7 +341,7 @@ class StreamShardDataset(IterableDataset):
         for _ in itertools.islice(raw, local * b):  # replayed, not decoded
             pass
         for _ in range(local, per_worker):
-            yield self.assemble(list(itertools.islice(raw, b)))
+            yield self.assemble(list(itertools.islice(raw, b)), self.epoch)
 
 
 class _NumpyRandom:
