@@ -332,3 +332,19 @@ def test_data_errors_in_a_fit_are_one_line_with_exit_code_2(tmp_path):
     result = run_fit(*common, "run.name=badsize", "data.params.batch_size=0")
     assert result.returncode == 2 and "data.params: batch_size must be >= 1" in result.stderr
     assert not (tmp_path / "badsize").exists()
+
+
+def test_ddp_uneven_plain_tars_finish_without_hanging(tmp_path):
+    sizes, start, paths = [61, 1, 3, 22, 1], 0, []
+    for i, n in enumerate(sizes):
+        samples = [(f"s{j:05d}", {"png": png(j, 8), "cls": str(j % 12).encode()}) for j in range(start, start + n)]
+        paths.append(str(write_plain_tar(tmp_path / f"u-{i}.tar", samples)))
+        start += n
+    result = run_fit("--config", str(REPO / "configs" / "data" / "shapes_classifier.yaml"), f"run.root={tmp_path}",
+                     "run.name=uneven", f"data.params.train=[{','.join(paths)}]", "data.params.val=null",
+                     "data.params.batch_size=4", "trainer.strategy=ddp", "trainer.devices=2", "trainer.max_steps=-1",
+                     "trainer.max_epochs=2", "trainer.val_check_interval=null", "trainer.limit_val_batches=0",
+                     timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [sample_log(tmp_path / "uneven", rank) for rank in range(2)]
+    assert len(logs[0]) == len(logs[1]) == 2 * (88 // 2 // 4)  # 11 batches per rank per epoch
