@@ -23,6 +23,7 @@ def test_presets(preset, stage, offload_opt, offload_param):
     assert ("offload_param" in zero) is offload_param
     if offload_opt:
         assert zero["offload_optimizer"]["device"] == "cpu"
+    assert config.get("zero_force_ds_cpu_optimizer", True) is (not offload_opt)
     assert config["train_micro_batch_size_per_gpu"] == 24
     assert "gradient_accumulation_steps" not in config  # Lightning sets it from accumulate_grad_batches
 
