@@ -264,7 +264,8 @@ def write_parallel(out_dir: str | os.PathLike, name: str, items: Sequence[Any],
                 if on_written is not None:
                     on_written(key, fields)
         else:
-            ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+            # spawn, not fork: forking a process that has threads (loader workers, hashing pools, torch) can deadlock
+            ctx = multiprocessing.get_context("spawn")
             with ctx.Pool(num_workers) as pool:
                 for key, fields in pool.imap(_encode_one, ((encode_fn, it) for it in items), chunksize=chunksize):
                     writer.write(key, fields)
