@@ -149,12 +149,14 @@ class ShardDataModule(L.LightningDataModule):
 
     `train` / `val`: a dataset directory (with index.json), a brace pattern or list of local tars, or webdataset
     URLs (pipe:, http) with `train_index` / `val_index` naming the index.json that holds their sample counts.
+    `val` may also map names to sources ({base: DIR, new: DIR}): one validation loader per name, in that order.
     """
 
-    def __init__(self, train: str | list[str] | None = None, val: str | list[str] | None = None, batch_size: int = 32,
+    def __init__(self, train: str | list[str] | None = None,
+                 val: str | list[str] | dict[str, str | list[str]] | None = None, batch_size: int = 32,
                  num_workers: int = 2, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 2000,
                  max_bad_fraction: float = 0.01, verify: Literal["sha256", "size", "none"] = "sha256",
-                 train_index: str | None = None, val_index: str | None = None,
+                 train_index: str | None = None, val_index: str | dict[str, str] | None = None,
                  required_keys: list[str] | None = None, prefetch_factor: int = 2):
         super().__init__()
         problems = []
@@ -174,8 +176,11 @@ class ShardDataModule(L.LightningDataModule):
             problems.append(f"prefetch_factor must be >= 1, got {prefetch_factor}")
         if problems:
             raise ValueError("; ".join(problems))
-        self.paths = {"train": train, "val": val}
-        self.indexes = {"train": train_index, "val": val_index}
+        named_val = dict(val) if isinstance(val, dict) else ({"val": val} if val is not None else {})
+        named_index = dict(val_index) if isinstance(val_index, dict) else {name: val_index for name in named_val}
+        self.val_names = list(named_val)
+        self.paths = {"train": train, **named_val}
+        self.indexes = {"train": train_index, **{name: named_index.get(name) for name in named_val}}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.max_bad_fraction, self.verify = max_bad_fraction, verify
@@ -210,9 +215,9 @@ class ShardDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def setup(self, stage: str) -> None:
-        splits = ["train", "val"] if stage == "fit" else ["val"] if stage == "validate" else []
+        splits = (["train"] if stage == "fit" else []) + (self.val_names if stage in ("fit", "validate") else [])
         for split in splits:
-            if self.paths[split] is not None and split not in self.sources:
+            if self.paths.get(split) is not None and split not in self.sources:
                 self.sources[split] = open_source(self.paths[split], verify=self.verify, index=self.indexes[split])
 
     def _settings(self, split: str) -> PlanSettings:
@@ -250,7 +255,17 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader("train")
 
     def val_dataloader(self) -> ShardDataLoader | list:
-        return self._loader("val") if "val" in self.sources else []
+        loaders = [self._loader(name) for name in self.val_names if name in self.sources]
+        return loaders[0] if len(loaders) == 1 and self.val_names == ["val"] else loaders
+
+    def val_set_names(self) -> list[str]:
+        return list(self.val_names)
+
+    def metadata(self, split: str) -> dict[str, Any]:
+        """The dataset metadata of a split ('train' or a validation name), from its index."""
+        if split not in self.sources:
+            raise DatasetError(f"no {split} data: set data.params.{'train' if split == 'train' else 'val'}")
+        return self.sources[split].metadata
 
     def health_metrics(self) -> dict[str, float]:
         return {k: v for health in self.health.values() for k, v in health.metrics().items()}

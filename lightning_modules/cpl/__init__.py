@@ -1,0 +1,10 @@
+"""CPL (counterfactual prompt learning for CLIP), with CoOp and CoCoOp as variants of the same module.
+
+Read in this order: clip_backbone (the frozen CLIP and how prompts enter it), prompt_learner (learned contexts and
+the CoCoOp meta-net), counterfactual (CPL's counterfactual search and loss terms), negatives (BERTScore-similar
+classes), module (the LightningModule), data (classification shards as CLIP inputs), benchmark (the summary table).
+"""
+
+from lightning_modules.cpl.module import CPLModule
+
+__all__ = ["CPLModule"]
