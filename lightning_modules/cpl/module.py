@@ -111,10 +111,10 @@ class CPLModule(L.LightningModule):
             return self.clip.encode_image(pixels).float()
         keys = list(batch["__key__"])
         missing = [i for i, key in enumerate(keys) if key not in self._feature_cache]
-        if missing:
-            feats = self.clip.encode_image(pixels[missing]).float()
-            for i, f in zip(missing, feats):
-                self._feature_cache[keys[i]] = f.detach()
+        for i in missing:
+            # one image at a time: a feature must not depend on which batch first met the image (batched kernels
+            # differ in the last bits), or a resumed run, whose cache starts empty, would drift from the original
+            self._feature_cache[keys[i]] = self.clip.encode_image(pixels[i:i + 1]).float()[0].detach()
         return torch.stack([self._feature_cache[key] for key in keys]).to(pixels.device)
 
     def text_features(self, image_features: torch.Tensor) -> torch.Tensor:

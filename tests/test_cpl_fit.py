@@ -1,0 +1,68 @@
+"""CPL, CoOp and CoCoOp fitted end to end through launch/fit.py on the synthetic base-to-new task (tiny CLIP)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_modules.cpl.synthetic import write_base_to_new
+from tests.conftest import REPO, run_fit
+from tests.tiny_clip import write_tiny_clip
+
+CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cpl")
+    paths = write_base_to_new(root / "data", shots=8, per_class_test=6, size=16)
+    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16), **{k: Path(v) for k, v in paths.items()}}
+
+
+def fit_args(task: dict[str, Path], name: str, variant: str, *extra: str) -> list[str]:
+    return ["--config", str(CONFIG), f"run.root={task['root'] / 'runs'}", f"run.name={name}",
+            f"model.params.variant={variant}", f"model.params.clip.pretrained={task['clip']}",
+            f"data.params.train={task['train']}", f"data.params.val.base={task['base']}",
+            f"data.params.val.new={task['new']}", "data.params.image_size=16", *extra]
+
+
+def learned(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def digest(directory: Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())).hexdigest()
+
+
+@pytest.mark.parametrize("variant", ["coop", "cocoop"])
+def test_fit_writes_the_benchmark_table_and_leaves_clip_alone(task, variant):
+    before = digest(task["clip"])
+    result = run_fit(*fit_args(task, variant, variant))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = task["root"] / "runs" / variant
+    table = json.loads((run_dir / "benchmark.json").read_text())
+    rows = {row["method"]: row for row in table["rows"]}
+    for method in ("zero-shot CLIP", "learned prompts"):
+        assert set(rows[method]) == {"method", "base", "new", "harmonic_mean"}
+        assert all(0 <= rows[method][k] <= 100 for k in ("base", "new", "harmonic_mean"))
+    assert "| zero-shot CLIP |" in (run_dir / "benchmark.md").read_text()
+    state = learned(run_dir)
+    assert all(k.startswith("prompts.") for k in state) and ("prompts.meta_net.0.weight" in state) == (variant != "coop")
+    assert digest(task["clip"]) == before
+
+
+def test_stopped_mid_epoch_and_resumed_gives_the_same_prompts(task):
+    reference = run_fit(*fit_args(task, "whole", "cocoop"))
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    # 48 base images / batch 8 = 6 steps per epoch: step 13 is inside epoch 2
+    first = run_fit(*fit_args(task, "split", "cocoop", "trainer.max_steps=13"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    split = task["root"] / "runs" / "split"
+    second = run_fit(*fit_args(task, "split", "cocoop"), "--resume", str(split / "checkpoints" / "last.ckpt"))
+    assert second.returncode == 0, second.stderr[-3000:]
+    a, b = learned(task["root"] / "runs" / "whole"), learned(split)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
