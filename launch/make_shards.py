@@ -462,6 +462,14 @@ def run_classification(args: argparse.Namespace, argv: Sequence[str]) -> None:
         splits = _load_image_folder(args.images)
         source, root = str(args.images), args.images
     names = {label: cname for rows in splits.values() for _, label, cname in rows}
+    if splits.get("train"):
+        trained = {label for _, label, _ in splits["train"]}
+        for split, rows in splits.items():
+            unknown = sorted({(label, cname) for _, label, cname in rows if label not in trained})
+            if unknown:
+                label, cname = unknown[0]
+                raise UsageError(f"{source}: {split} has class {cname!r} (label {label}) that the train split has no "
+                                 f"image of ({len(unknown)} such class(es)); add its training images or drop it")
     labels = sorted(names)
     n_base = math.ceil(len(labels) / 2)
     keep = {"all": labels, "base": labels[:n_base], "new": labels[n_base:]}[args.subset]

@@ -329,6 +329,11 @@ def test_bad_inputs(tmp_path, coop):
     data["test"].append(["cat/missing.png", 0, "cat"])
     bad.write_text(json.dumps(data))
     _assert_bad(make(*base, "--split-json", str(bad)), "missing.png", out)
+    data = json.loads(path.read_text())
+    Image.new("RGB", (6, 5)).save(root / "unicorn.png")
+    data["test"].append(["unicorn.png", len(CLASSES), "unicorn"])  # a class no training image has
+    bad.write_text(json.dumps(data))
+    _assert_bad(make(*base, "--split-json", str(bad)), "test has class 'unicorn'", out)
     (root / "gnu" / "5.png").write_bytes(b"not a png")  # in test split: train and val would be fine
     _assert_bad(make(*base, "--split-json", str(path)), "5.png", out)
     _assert_bad(make("synthetic-shapes", "--out", str(out), "--num", "3", "--shard-size", "12XB"), "--shard-size",
