@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.cpl.synthetic import write_base_to_new
+from launch import make_shards
+from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 from tests.conftest import REPO, run_fit
 from tests.tiny_clip import write_tiny_clip
 
@@ -20,14 +21,18 @@ CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 def task(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cpl")
     paths = write_base_to_new(root / "data", shots=8, per_class_test=6, size=16)
-    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16), **{k: Path(v) for k, v in paths.items()}}
+    words = sorted({w for name in make_shards.CLASS_NAMES for w in name.split()})
+    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16),
+            "scorer": write_word_scorer(root / "scorer", words), **{k: Path(v) for k, v in paths.items()}}
 
 
 def fit_args(task: dict[str, Path], name: str, variant: str, *extra: str) -> list[str]:
     return ["--config", str(CONFIG), f"run.root={task['root'] / 'runs'}", f"run.name={name}",
             f"model.params.variant={variant}", f"model.params.clip.pretrained={task['clip']}",
             f"data.params.train={task['train']}", f"data.params.val.base={task['base']}",
-            f"data.params.val.new={task['new']}", "data.params.image_size=16", *extra]
+            f"data.params.val.new={task['new']}", "data.params.image_size=16",
+            f"model.params.scorer.model={task['scorer']}", f"model.params.negatives_cache={task['root'] / 'negatives'}",
+            *extra]
 
 
 def learned(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -38,7 +43,7 @@ def digest(directory: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())).hexdigest()
 
 
-@pytest.mark.parametrize("variant", ["coop", "cocoop"])
+@pytest.mark.parametrize("variant", ["coop", "cocoop", "cpl"])
 def test_fit_writes_the_benchmark_table_and_leaves_clip_alone(task, variant):
     before = digest(task["clip"])
     result = run_fit(*fit_args(task, variant, variant))
@@ -56,13 +61,13 @@ def test_fit_writes_the_benchmark_table_and_leaves_clip_alone(task, variant):
 
 
 def test_stopped_mid_epoch_and_resumed_gives_the_same_prompts(task):
-    reference = run_fit(*fit_args(task, "whole", "cocoop"))
+    reference = run_fit(*fit_args(task, "whole", "cpl"))
     assert reference.returncode == 0, reference.stderr[-3000:]
     # 48 base images / batch 8 = 6 steps per epoch: step 13 is inside epoch 2
-    first = run_fit(*fit_args(task, "split", "cocoop", "trainer.max_steps=13"))
+    first = run_fit(*fit_args(task, "split", "cpl", "trainer.max_steps=13"))
     assert first.returncode == 0, first.stderr[-3000:]
     split = task["root"] / "runs" / "split"
-    second = run_fit(*fit_args(task, "split", "cocoop"), "--resume", str(split / "checkpoints" / "last.ckpt"))
+    second = run_fit(*fit_args(task, "split", "cpl"), "--resume", str(split / "checkpoints" / "last.ckpt"))
     assert second.returncode == 0, second.stderr[-3000:]
     a, b = learned(task["root"] / "runs" / "whole"), learned(split)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
