@@ -32,7 +32,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from lightning_modules.cpl.module import CPLModule  # noqa: E402
-from tests.tiny_clip import write_tokenizer  # noqa: E402
+from lightning_modules.clip_pretrain.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
 
 SIZES = {
     # CLIP ViT-B/16: text 512 wide x 12 layers, vision 768 x 12, patch 16 at 224, projection 512
@@ -83,7 +83,7 @@ def main() -> int:
                 "cls": torch.randint(0, args.classes, (args.batch,), device=args.device),
                 "__key__": [f"{s}-{i}" for i in range(args.batch)]} for s in range(args.steps + args.warmup)]
     with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(Path(tmp), WORDS)
+        save_tokenizer(build_tokenizer(WORDS), Path(tmp))
         modules = {v: build(args.size, v, Path(tmp), classes, args.device) for v in ("coop", "cocoop", "cpl")}
     optimizers = {v: torch.optim.SGD(m.trainable_parameters(), lr=0.002, momentum=0.9) for v, m in modules.items()}
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
