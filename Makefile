@@ -20,11 +20,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 system-deps:
 	bash tests/install_slurm.sh
 
+# CPL vs CoOp vs CoCoOp vs zero-shot CLIP on a synthetic base-to-new task (the tiny CLIP is cached in runs/demo-cpl/cache)
 demo: setup
-	rm -rf $(DEMO_ROOT)/demo-regression
-	$(BIN)/python launch/fit.py --config configs/demo/regression.yaml run.root=$(DEMO_ROOT)
-	@echo "--- $(DEMO_ROOT)/demo-regression/status.json"; cat $(DEMO_ROOT)/demo-regression/status.json
-	@ls $(DEMO_ROOT)/demo-regression/checkpoints
+	$(BIN)/python -m lightning_modules.cpl.demo --root $(DEMO_ROOT)/demo-cpl
 
 test: setup system-deps
 	$(BIN)/python -m pytest

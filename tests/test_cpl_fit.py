@@ -30,7 +30,8 @@ def fit_args(task: dict[str, Path], name: str, variant: str, *extra: str) -> lis
     return ["--config", str(CONFIG), f"run.root={task['root'] / 'runs'}", f"run.name={name}",
             f"model.params.variant={variant}", f"model.params.clip.pretrained={task['clip']}",
             f"data.params.train={task['train']}", f"data.params.val.base={task['base']}",
-            f"data.params.val.new={task['new']}", "data.params.image_size=16",
+            f"data.params.val.new={task['new']}", "data.params.image_size=16", "trainer.max_epochs=5",
+            "trainer.check_val_every_n_epoch=5",
             f"model.params.scorer.model={task['scorer']}", f"model.params.negatives_cache={task['root'] / 'negatives'}",
             *extra]
 

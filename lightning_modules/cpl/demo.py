@@ -1,15 +1,16 @@
 """The CPL demo (`make demo`): zero-shot CLIP vs CoOp vs CoCoOp vs CPL on a synthetic base-to-new task, on CPU.
 
 1. A tiny CLIP, pretrained by the project on synthetic shapes with captions (lightning_modules/clip_pretrain;
-   cached under <root>/cache after the first run).
+   about 110 s on 2 CPU cores, cached under <root>/cache after the first run).
 2. Base-to-new data (lightning_modules/cpl/synthetic.py): 16 shots of 6 base classes whose training backgrounds
-   follow the class 90% of the time; test images of the base and of 6 new classes with random backgrounds.
+   follow the class 90% of the time; 50 test images per class, base and new, with random backgrounds.
 3. One fit per variant through launch/fit.py with configs/demo/cpl.yaml, as a user would run it.
 4. The table of base accuracy, new accuracy and their harmonic mean, printed and written to <root>/summary.md.
 The negatives of CPL come from BERTScore with a tiny word-level BERT built here (no pretrained scorer can be
 downloaded), read at layer 1, where class names sharing a word are the most similar.
 
-    python -m lightning_modules.cpl.demo [--root runs/demo-cpl] [--variants coop cocoop cpl] [--epochs 5]
+    python -m lightning_modules.cpl.demo [--root runs/demo-cpl] [--variants coop cocoop cpl] [--epochs 10]
+                                         [--spurious 0.9] [--pretrain-steps 1500]
 """
 
 from __future__ import annotations
@@ -27,22 +28,20 @@ CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 NAMES = {"coop": "CoOp", "cocoop": "CoCoOp", "cpl": "CPL"}
 
 
-def prepare(root: Path, seed: int, spurious: float) -> dict[str, Path]:
+def prepare(root: Path, seed: int, spurious: float, pretrain_steps: int) -> dict[str, Path]:
     from launch import make_shards
     from lightning_modules.clip_pretrain import ensure_tiny_clip
     from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 
     cache = root / "cache"
-    # Pretrained briefly on purpose (about 35 s, zero-shot about 0.6): a CLIP that already reads every class leaves
-    # prompt learning nothing to show.
-    clip = ensure_tiny_clip(cache / "tiny-clip", num_train=3000, num_val=300, max_steps=900, batch_size=64, seed=seed)
+    clip = ensure_tiny_clip(cache / "tiny-clip", max_steps=pretrain_steps, seed=seed)
     scorer = cache / "tiny-scorer"
     if not (scorer / "config.json").is_file():
         write_word_scorer(scorer, sorted({w for name in make_shards.CLASS_NAMES for w in name.split()}), seed=seed)
-    data = root / f"data-spurious{spurious}"
+    data = root / f"data-spurious{spurious}-shots16-test50"
     if not (data / "new" / "test" / "index.json").is_file():
         shutil.rmtree(data, ignore_errors=True)
-        write_base_to_new(data, shots=16, per_class_test=20, size=32, spurious=spurious, seed=seed)
+        write_base_to_new(data, shots=16, per_class_test=50, size=32, spurious=spurious, seed=seed)
     return {"clip": clip, "scorer": scorer, "negatives": cache / "negatives", "train": data / "base" / "train",
             "base": data / "base" / "test", "new": data / "new" / "test"}
 
@@ -78,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "demo-cpl")
     parser.add_argument("--variants", nargs="+", choices=list(NAMES), default=list(NAMES))
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pretrain-steps", type=int, default=1500, help="steps of the tiny CLIP's pretraining")
     parser.add_argument("--spurious", type=float, default=0.9,
                         help="probability that a training image's background is its class's")
     args = parser.parse_args(argv)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     print("preparing the tiny CLIP, the scorer and the data (cached after the first run) ...", flush=True)
-    paths = prepare(args.root, args.seed, args.spurious)
+    paths = prepare(args.root, args.seed, args.spurious, args.pretrain_steps)
     print(f"  ready after {time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for variant in args.variants:
