@@ -29,35 +29,75 @@ VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
 MAX_ERRORS_PER_BATCH = 3
 
 
-def read_sample(f: Any, offset: int) -> dict[str, bytes]:
-    """The members of the sample whose first header is at `offset`: {ext: bytes, '__key__': key}."""
-    f.seek(offset)
-    tar = tarfile.open(fileobj=f, mode="r:")  # starts at f.tell(); reads headers from there on
+def _first_sample(members: Iterator[tuple[str, Callable[[], bytes]]], where: int) -> dict[str, Any]:
+    """Group (member name, read its data) pairs into the first sample: {ext: bytes, '__key__': key}."""
     sample: dict[str, Any] = {}
     key = None
-    for member in iter(tar.next, None):
-        parts = split_member_name(member.name) if member.isfile() else None
+    for name, read in members:
+        parts = split_member_name(name)
         if parts is None:
             continue
         if key is None:
             key = parts[0]
         elif parts[0] != key:
             break
-        data = tar.extractfile(member).read()  # type: ignore[union-attr]
-        if len(data) != member.size:
-            raise tarfile.ReadError(f"member {member.name} is truncated")
-        sample[parts[1]] = data
+        sample[parts[1]] = read()
     if key is None:
-        raise tarfile.ReadError(f"no tar member at byte {offset}")
+        raise tarfile.ReadError(f"no tar member at byte {where}")
     sample["__key__"] = key
     return sample
+
+
+def read_sample(f: Any, offset: int) -> dict[str, bytes]:
+    """The sample whose first header is at `offset`, through tarfile (any tar dialect)."""
+    f.seek(offset)
+    tar = tarfile.open(fileobj=f, mode="r:")  # starts at f.tell(); reads headers from there on
+
+    def members() -> Iterator[tuple[str, Callable[[], bytes]]]:
+        for member in iter(tar.next, None):
+            if member.isfile():
+                yield member.name, lambda m=member: _checked(tar.extractfile(m).read(), m.size, m.name)
+
+    return _first_sample(members(), offset)
+
+
+def _checked(data: bytes, size: int, name: str) -> bytes:
+    if len(data) != size:
+        raise tarfile.ReadError(f"member {name} is truncated")
+    return data
 
 
 _ZERO_BLOCK = bytes(512)
 
 
+class _NotUstar(Exception):
+    """A header the minimal parser leaves to tarfile (pax, GNU long names)."""
+
+
 def _octal(field: bytes) -> int:
     return int(field.rstrip(b"\0 ").strip() or b"0", 8)
+
+
+def _ustar_members(buf: bytes, start: int) -> Iterator[tuple[str, Callable[[], bytes]]]:
+    pos = 0
+    while pos + 512 <= len(buf):
+        header = buf[pos:pos + 512]
+        if header == _ZERO_BLOCK:
+            return
+        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
+            raise tarfile.ReadError(f"bad tar header checksum at byte {start + pos}")
+        kind = header[156:157]
+        if kind in (b"x", b"g", b"L", b"K"):
+            raise _NotUstar
+        name = header[:100].split(b"\0", 1)[0]
+        if header[257:262] == b"ustar" and header[345] != 0:
+            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+        size = _octal(header[124:136])
+        data_at = pos + 512
+        pos = data_at + (size + 511) // 512 * 512
+        if kind in (b"0", b"\0", b"7"):
+            text = name.decode("utf-8")
+            yield text, lambda at=data_at, n=size, t=text: _checked(buf[at:at + n], n, t)
 
 
 def read_sample_range(f: Any, start: int, end: int) -> dict[str, bytes]:
@@ -68,38 +108,10 @@ def read_sample_range(f: Any, start: int, end: int) -> dict[str, bytes]:
     buf = f.read(end - start)
     if len(buf) < end - start:
         raise tarfile.ReadError(f"shard ends at byte {start + len(buf)}, before byte {end}")
-    sample: dict[str, Any] = {}
-    key = None
-    pos = 0
-    while pos + 512 <= len(buf):
-        header = buf[pos:pos + 512]
-        if header == _ZERO_BLOCK:
-            break
-        if _octal(header[148:156]) != sum(header[:148]) + 256 + sum(header[156:]):
-            raise tarfile.ReadError(f"bad tar header checksum at byte {start + pos}")
-        kind = header[156:157]
-        if kind in (b"x", b"g", b"L", b"K"):
-            return read_sample(f, start)
-        name = header[:100].split(b"\0", 1)[0]
-        if header[257:262] == b"ustar" and header[345] != 0:
-            name = header[345:500].split(b"\0", 1)[0] + b"/" + name
-        size = _octal(header[124:136])
-        data_at = pos + 512
-        pos = data_at + (size + 511) // 512 * 512
-        parts = split_member_name(name.decode("utf-8")) if kind in (b"0", b"\0", b"7") else None
-        if parts is None:
-            continue
-        if key is None:
-            key = parts[0]
-        elif parts[0] != key:
-            break
-        if data_at + size > len(buf):
-            raise tarfile.ReadError(f"member {name.decode('utf-8', 'replace')} is truncated")
-        sample[parts[1]] = buf[data_at:data_at + size]
-    if key is None:
-        raise tarfile.ReadError(f"no tar member at byte {start}")
-    sample["__key__"] = key
-    return sample
+    try:
+        return _first_sample(_ustar_members(buf, start), start)
+    except _NotUstar:
+        return read_sample(f, start)
 
 
 # -- decoding --------------------------------------------------------------------------------------------------------
