@@ -13,9 +13,9 @@ import bert_score
 import bert_score.utils as bs_utils
 import pytest
 import torch
-from transformers import BertConfig, BertModel, BertTokenizer
 
 from lightning_modules.cpl import negatives
+from lightning_modules.cpl.synthetic import write_word_scorer
 from lightning_modules.cpl.negatives import (ScorerSpec, bertscore_f1_matrix, bertscore_negatives, cache_file,
                                              top_k_negatives)
 
@@ -25,16 +25,7 @@ TEXTS = ["a red cat", "a green dog", "the big plane", "a photo of a ship", "smal
 
 
 def write_tiny_bert(directory: Path, seed: int = 0, model_max_length: int | None = 64) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    extra = {} if model_max_length is None else {"model_max_length": model_max_length}
-    tokenizer = BertTokenizer(str(directory / "vocab.txt"), **extra)
-    tokenizer.save_pretrained(directory)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    BertModel(config).save_pretrained(directory)
-    return directory
+    return write_word_scorer(directory, WORDS, seed=seed, model_max_length=model_max_length)
 
 
 @pytest.fixture(scope="module")

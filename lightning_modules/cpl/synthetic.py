@@ -61,7 +61,7 @@ def write_base_to_new(out: Path, *, shots: int = 16, per_class_test: int = 20, s
     return {"train": str(out / "base" / "train"), "base": str(out / "base" / "test"), "new": str(out / "new" / "test")}
 
 
-def write_word_scorer(directory: Path, words: list[str], seed: int = 0) -> Path:
+def write_word_scorer(directory: Path, words: list[str], seed: int = 0, model_max_length: int | None = 64) -> Path:
     """A tiny BERT (random weights) over a word-level vocabulary, for BERTScore negatives where no pretrained scorer
     can be downloaded. Read at layer 1, its token embeddings are nearly the words themselves, so its BERTScore ranks
     class names by the words they share ("red circle" is nearest "red square" and "blue circle")."""
@@ -72,7 +72,8 @@ def write_word_scorer(directory: Path, words: list[str], seed: int = 0) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
     (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
     # bert-score cannot truncate to transformers' "unset" length (about 1e30): give the tokenizer a real limit
-    tokenizer = BertTokenizer(str(directory / "vocab.txt"), model_max_length=64)
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
+    tokenizer = BertTokenizer(str(directory / "vocab.txt"), **limit)
     tokenizer.save_pretrained(directory)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
