@@ -80,7 +80,9 @@ def main() -> int:
     classes = [f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7 + 3) % len(WORDS)]} {i}" for i in range(args.classes)]
     image_size = SIZES[args.size]["vision_config"]["image_size"]
     batches = [{"pixel_values": torch.randn(args.batch, 3, image_size, image_size, device=args.device),
-                "cls": torch.randint(0, args.classes, (args.batch,), device=args.device),
+                # pairs of neighbouring classes, so every sample has a negative in its batch (CPL's full cost)
+                "cls": (torch.randint(0, args.classes, (1,)) + torch.arange(args.batch) % 2).remainder(args.classes)
+                .to(args.device),
                 "__key__": [f"{s}-{i}" for i in range(args.batch)]} for s in range(args.steps + args.warmup)]
     with tempfile.TemporaryDirectory() as tmp:
         save_tokenizer(build_tokenizer(WORDS), Path(tmp))

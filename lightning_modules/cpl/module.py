@@ -133,13 +133,16 @@ class CPLModule(L.LightningModule):
         size = labels.shape[0]
         if hp.variant == "cpl":
             partner, valid = pick_negatives(labels, self.negatives.to(labels.device))
-            v_neg = v[partner]
-            u = search_mask(v, v_neg, text, labels[partner], scale, hp.beta, hp.search_steps, hp.search_lr,
-                            elementwise=hp.counterfactual_mode == "elementwise")
-            v_cf = counterfactual(v, v_neg, u)
-            if valid.any():
-                con = contrastive_loss(text, v, v_cf, labels, hp.tau, hp.contrastive_over == "all_classes")[valid]
-                sparsity = u[valid].mean()
+            if valid.any():  # samples whose negative classes are absent from the batch get no counterfactual
+                rows = valid.nonzero().squeeze(1)
+                v_real, v_neg = v[rows], v[partner[rows]]
+                text_rows = text[rows] if text.dim() == 3 else text
+                u = search_mask(v_real, v_neg, text_rows, labels[partner[rows]], scale, hp.beta, hp.search_steps,
+                                hp.search_lr, elementwise=hp.counterfactual_mode == "elementwise")
+                v_cf = counterfactual(v_real, v_neg, u)
+                con = contrastive_loss(text_rows, v_real, v_cf, labels[rows], hp.tau,
+                                       hp.contrastive_over == "all_classes")
+                sparsity = u.mean()
                 loss = ce + hp.lam * con.mean() + hp.beta * sparsity
                 self.log_dict({"train/contrastive": con.mean(), "train/u_mean": sparsity}, batch_size=size)
             self.log("train/counterfactual_coverage", valid.float().mean(), batch_size=size)
