@@ -7,6 +7,8 @@ Kinds:
   synthetic-motion   clips of a shape moving at a random speed: frames (.npy), per-frame boxes, motion intensity
   video              clips of F frames at a stride from videos listed in a .jsonl (PyAV), boxes, motion intensity
   captions           images + captions from a .jsonl or .csv file (+ condition-map columns, optional canny)
+  retrieval          image-text retrieval: images + all their captions from a Karpathy split JSON (one split)
+  vqa                VQAv2 questions + annotations: image, question, answer class, annotators' answer counts
 
 Usage errors print one line naming the file or argument and exit with code 2; nothing is left half-written
 (the output has no index.json and no shard). See datamodules/shards.py for the format.
@@ -21,6 +23,7 @@ import io
 import json
 import math
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -635,6 +638,281 @@ def run_captions(args: argparse.Namespace, argv: Sequence[str]) -> None:
                    command=list(argv), seed=args.seed)
 
 
+# --------------------------------------------------------------------------------------------------- retrieval
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+
+
+def _read_json(path: Path, arg: str) -> Any:
+    if not path.is_file():
+        raise UsageError(f"{arg} {path}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{arg} {path}: not valid JSON ({e})".splitlines()[0]) from e
+
+
+def _seeded_subset(n: int, k: int, seed: int, salt: str) -> list[int]:
+    """k of range(n), seeded, in increasing order; a larger k keeps every index a smaller k picked."""
+    order = list(range(n))
+    random.Random(f"{seed}:{salt}").shuffle(order)
+    return sorted(order[:k])
+
+
+def _image_bytes(path: str, ext: str) -> bytes:
+    """The file's bytes, re-encoded as PNG when the dataset's extension is png and the file is not one."""
+    data = Path(path).read_bytes()
+    return _to_png(data) if ext == "png" and not data.startswith(b"\x89PNG") else data
+
+
+def encode_retrieval(item: tuple[int, str, str, list[str], str]) -> tuple[str, dict[str, bytes]]:
+    idx, path, rel, captions, ext = item
+    return f"{idx:08d}", {ext: _image_bytes(path, ext), "cls": str(idx).encode(),
+                          "json": json_bytes({"captions": captions, "filename": rel, "image_index": idx})}
+
+
+def run_retrieval(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if args.fraction is not None and not 0.0 < args.fraction <= 1.0:
+        raise UsageError(f"--fraction: must be in (0, 1], got {args.fraction}")
+    if args.max_images is not None and args.max_images < 1:
+        raise UsageError(f"--max-images: must be at least 1, got {args.max_images}")
+    if args.restval_as_train and args.split != "train":
+        raise UsageError(f"--restval-as-train: only with --split train (got --split {args.split})")
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root}: no such directory")
+    source = args.karpathy
+    data = _read_json(source, "--karpathy")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UsageError(f"--karpathy {source}: expected an object with an \"images\" list (Karpathy split format)")
+    dataset = data.get("dataset")
+    wanted = {"train", "restval"} if args.restval_as_train else {args.split}
+    chosen: list[tuple[int, dict[str, Any]]] = []
+    for i, entry in enumerate(data["images"]):
+        where = f"--karpathy {source}: images[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str) or not entry["filename"]:
+            raise UsageError(f"{where}: expected an object with a \"filename\" string")
+        if "filepath" in entry and not isinstance(entry["filepath"], str):
+            raise UsageError(f"{where}: \"filepath\" must be a string, got {entry['filepath']!r}")
+        if entry.get("split") not in KARPATHY_SPLITS:
+            raise UsageError(f"{where}: unknown split {entry.get('split')!r} (expected one of "
+                             f"{', '.join(KARPATHY_SPLITS)})")
+        if entry["split"] in wanted:
+            chosen.append((i, entry))
+    if not chosen:
+        raise UsageError(f"--karpathy {source}: no image in split {args.split}"
+                         f"{' (or restval)' if args.restval_as_train else ''}")
+    k = len(chosen)
+    if args.fraction is not None:
+        k = max(1, math.ceil(args.fraction * len(chosen)))
+    elif args.max_images is not None:
+        k = min(args.max_images, len(chosen))
+    chosen = [chosen[j] for j in _seeded_subset(len(chosen), k, args.seed, "retrieval")]
+    rows: list[tuple[Path, str, list[str]]] = []
+    for i, entry in chosen:
+        where = f"--karpathy {source}: images[{i}] ({entry['filename']})"
+        sentences = entry.get("sentences")
+        if not isinstance(sentences, list) or not sentences:
+            raise UsageError(f"{where}: no sentences; every image needs at least one caption")
+        captions = []
+        for j, sentence in enumerate(sentences):
+            raw = sentence.get("raw") if isinstance(sentence, dict) else None
+            if not isinstance(raw, str) or not raw.strip():
+                raise UsageError(f"{where}: sentences[{j}] has no \"raw\" caption text")
+            captions.append(raw.strip())
+        rel = f"{entry['filepath']}/{entry['filename']}" if entry.get("filepath") else entry["filename"]
+        file = args.root / rel
+        if not file.is_file():
+            raise UsageError(f"{file}: image {i} of {source} ({rel}) is missing")
+        rows.append((file, rel, captions))
+    check_out(args.out)
+    # Every image is decoded once before anything is written, so a bad file stops the run with nothing written.
+    formats = {file: _image_format(file) for file, _, _ in rows}
+    ext = next(iter(set(formats.values()))) if len(set(formats.values())) == 1 else "png"
+    all_captions = [captions for _, _, captions in rows]
+    metadata = {"kind": "retrieval", "split": args.split, "dataset": dataset if isinstance(dataset, str) else None,
+                "source": str(source), "captions": all_captions, "num_images": len(rows),
+                "num_captions": sum(len(c) for c in all_captions), "fraction": args.fraction,
+                "max_images": args.max_images, "restval_as_train": args.restval_as_train, "image_ext": ext}
+    items = [(i, str(file), rel, captions, ext) for i, (file, rel, captions) in enumerate(rows)]
+    write_parallel(args.out, args.name, items, encode_retrieval, num_workers=args.num_workers,
+                   shard_size=args.shard_size, max_samples=args.max_samples_per_shard, metadata=metadata,
+                   command=list(argv), seed=args.seed)
+
+
+# --------------------------------------------------------------------------------------------------------- vqa
+NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = frozenset({"a", "an", "the"})
+DEFAULT_VQA_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
+_IN_NUMBER = re.compile(r"(?<=\d)[.:/](?=\d)")  # 2.5, 10:30, 1/2 keep their punctuation
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # 1,000 -> 1000
+_DROPPED = re.compile(r"['.`]")  # joined without a space: don't -> dont, u.s.a. -> usa
+_PUNCT = re.compile(r"[!\"#$%&()*+,\-/:;<=>?@\[\\\]^_{|}~]")  # the rest of ASCII punctuation -> a space
+
+
+def normalize_answer(text: str) -> str:
+    """VQA-style answer normalisation: lowercase; punctuation removed ("." "'" dropped, the rest become spaces) except
+    inside a number ("2.5", "10:30", "1/2" stay, "1,000" -> "1000"); number words zero..ten -> digits; articles
+    a/an/the dropped; whitespace collapsed. "Two dogs!" -> "2 dogs", "the U.S.A." -> "usa", "T-shirt" -> "t shirt"."""
+    text = _THOUSANDS.sub("", str(text).lower().strip())
+    kept = _IN_NUMBER.findall(text)
+    text = _IN_NUMBER.sub("\x00", text)  # protect number punctuation from the two passes below
+    text = _PUNCT.sub(" ", _DROPPED.sub("", text))
+    for mark in kept:
+        text = text.replace("\x00", mark, 1)
+    words = [NUMBER_WORDS.get(w, w) for w in text.split() if w not in ARTICLES]
+    return " ".join(words)
+
+
+def _vqa_questions(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    data = _read_json(path, "--questions")
+    if not isinstance(data, dict) or not isinstance(data.get("questions"), list):
+        raise UsageError(f"--questions {path}: expected an object with a \"questions\" list (VQAv2 format)")
+    subtype = data.get("data_subtype")
+    if subtype is not None and not isinstance(subtype, str):
+        raise UsageError(f"--questions {path}: \"data_subtype\" must be a string, got {subtype!r}")
+    seen: dict[int, int] = {}
+    for i, q in enumerate(data["questions"]):
+        where = f"--questions {path}: questions[{i}]"
+        if not isinstance(q, dict):
+            raise UsageError(f"{where}: expected an object")
+        for field, kind in (("question_id", int), ("image_id", int), ("question", str)):
+            if not isinstance(q.get(field), kind) or isinstance(q.get(field), bool):
+                raise UsageError(f"{where}: \"{field}\" must be {'an int' if kind is int else 'a string'}, "
+                                 f"got {q.get(field)!r}")
+        if q["question_id"] in seen:
+            raise UsageError(f"{where}: question_id {q['question_id']} repeats questions[{seen[q['question_id']]}]")
+        seen[q["question_id"]] = i
+    return data["questions"], subtype
+
+
+def _vqa_annotations(path: Path) -> dict[int, dict[str, Any]]:
+    data = _read_json(path, "--annotations")
+    if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        raise UsageError(f"--annotations {path}: expected an object with an \"annotations\" list (VQAv2 format)")
+    by_question: dict[int, dict[str, Any]] = {}
+    for i, a in enumerate(data["annotations"]):
+        where = f"--annotations {path}: annotations[{i}]"
+        if not isinstance(a, dict):
+            raise UsageError(f"{where}: expected an object")
+        for field, kind, what in (("question_id", int, "an int"), ("image_id", int, "an int"),
+                                  ("multiple_choice_answer", str, "a string"), ("answers", list, "a list")):
+            if not isinstance(a.get(field), kind) or isinstance(a.get(field), bool):
+                raise UsageError(f"{where}: \"{field}\" must be {what}, got {a.get(field)!r}")
+        if not all(isinstance(x, dict) and isinstance(x.get("answer"), str) for x in a["answers"]):
+            raise UsageError(f"{where}: \"answers\" must be objects with an \"answer\" string")
+        if a["question_id"] in by_question:
+            raise UsageError(f"{where}: a second annotation for question_id {a['question_id']}")
+        by_question[a["question_id"]] = a
+    return by_question
+
+
+def _vqa_vocabulary(args: argparse.Namespace, annotations: dict[int, dict[str, Any]]) -> list[str]:
+    if args.top_answers is not None:
+        counts: dict[str, int] = {}
+        for a in annotations.values():
+            answer = normalize_answer(a["multiple_choice_answer"])
+            if answer:
+                counts[answer] = counts.get(answer, 0) + 1
+        if not counts:
+            raise UsageError(f"--annotations {args.annotations}: no non-empty multiple_choice_answer")
+        return [answer for answer, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:args.top_answers]]
+    from datamodules.shards import read_index
+
+    try:
+        meta = read_index(args.answers_from)["metadata"]
+    except DatasetError as e:
+        raise UsageError(f"--answers-from {args.answers_from}: not a dataset ({e})".splitlines()[0]) from e
+    if not isinstance(meta, dict) or meta.get("kind") != "vqa":
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise UsageError(f"--answers-from {args.answers_from}: a {kind!r} dataset, not vqa; give the training split "
+                         f"written by `make_shards.py vqa --top-answers N`")
+    answers = meta.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise UsageError(f"--answers-from {args.answers_from}: its index.json metadata has no \"answers\" list")
+    return answers
+
+
+def encode_vqa(item: tuple[int, str, str, dict[str, Any]]) -> tuple[str, dict[str, bytes]]:
+    idx, path, ext, meta = item
+    return f"{idx:08d}", {ext: _image_bytes(path, ext), "cls": str(meta["cls"]).encode(),
+                          "json": json_bytes({k: v for k, v in meta.items() if k != "cls"})}
+
+
+def run_vqa(args: argparse.Namespace, argv: Sequence[str]) -> None:
+    if args.max_questions is not None and args.max_questions < 1:
+        raise UsageError(f"--max-questions: must be at least 1, got {args.max_questions}")
+    if args.top_answers is not None and args.top_answers < 1:
+        raise UsageError(f"--top-answers: must be at least 1, got {args.top_answers}")
+    if not args.root.is_dir():
+        raise UsageError(f"--root {args.root}: no such directory")
+    questions, subtype = _vqa_questions(args.questions)
+    annotations = _vqa_annotations(args.annotations)
+    pattern = args.image_pattern
+    if pattern is None:
+        if subtype is None:
+            raise UsageError(f"--questions {args.questions}: no \"data_subtype\" to name the images; give "
+                             f"--image-pattern (e.g. 'images/{{image_id}}.jpg')")
+        pattern = DEFAULT_VQA_PATTERN
+    vocab = _vqa_vocabulary(args, annotations)
+    index_of = {answer: i for i, answer in enumerate(vocab)}
+    rows: list[tuple[dict[str, Any], dict[str, Any], int]] = []
+    for i, q in enumerate(questions):
+        a = annotations.get(q["question_id"])
+        if a is None:
+            raise UsageError(f"--annotations {args.annotations}: no annotation for question_id {q['question_id']} "
+                             f"(questions[{i}] of {args.questions})")
+        if a["image_id"] != q["image_id"]:
+            raise UsageError(f"--annotations {args.annotations}: question_id {q['question_id']} has image_id "
+                             f"{a['image_id']} there but {q['image_id']} in {args.questions}")
+        cls = index_of.get(normalize_answer(a["multiple_choice_answer"]), -1)
+        if args.top_answers is not None and cls < 0:
+            continue  # training: a question the vocabulary cannot answer teaches nothing
+        rows.append((q, a, cls))
+    if args.max_questions is not None and args.max_questions < len(rows):
+        rows = [rows[j] for j in _seeded_subset(len(rows), args.max_questions, args.seed, "vqa")]
+    if not rows:
+        raise UsageError(f"--questions {args.questions}: no question left (none has an answer among the "
+                         f"{len(vocab)} vocabulary answers)")
+    files: list[Path] = []
+    for q, _, _ in rows:
+        try:
+            rel = pattern.format(data_subtype=subtype, image_id=q["image_id"])
+        except (KeyError, IndexError, ValueError, TypeError) as e:
+            raise UsageError(f"--image-pattern {pattern!r}: cannot format it ({type(e).__name__}: {e}); it may use "
+                             f"{{data_subtype}} and {{image_id}}") from e
+        file = args.root / rel
+        if not file.is_file():
+            raise UsageError(f"{file}: image {q['image_id']} of question_id {q['question_id']} is missing")
+        files.append(file)
+    check_out(args.out)
+    # Every image is decoded once before anything is written, so a bad file stops the run with nothing written.
+    formats = {file: _image_format(file) for file in dict.fromkeys(files)}
+    ext = next(iter(set(formats.values()))) if len(set(formats.values())) == 1 else "png"
+    items = []
+    for i, ((q, a, cls), file) in enumerate(zip(rows, files)):
+        counts: dict[str, int] = {}
+        for answer in a["answers"]:
+            j = index_of.get(normalize_answer(answer["answer"]))
+            if j is not None:
+                counts[str(j)] = counts.get(str(j), 0) + 1
+        meta = {"question": q["question"], "question_id": q["question_id"], "image_id": q["image_id"],
+                "answer_counts": counts, "num_annotators": len(a["answers"]),
+                "answer": normalize_answer(a["multiple_choice_answer"]), "answer_type": a.get("answer_type"),
+                "cls": cls}
+        items.append((i, str(file), ext, meta))
+    metadata = {"kind": "vqa", "split": subtype, "answers": vocab,
+                "questions": [[q["question"], cls] for q, _, cls in rows], "num_questions": len(rows),
+                "source": {"questions": str(args.questions), "annotations": str(args.annotations)},
+                "image_ext": ext, "image_pattern": pattern, "top_answers": args.top_answers,
+                "answers_from": None if args.answers_from is None else str(args.answers_from),
+                "max_questions": args.max_questions,
+                "answer_normalization": "launch/make_shards.py normalize_answer",
+                "cls": "vocabulary index of the normalised multiple_choice_answer, -1 when not in the vocabulary"}
+    write_parallel(args.out, args.name, items, encode_vqa, num_workers=args.num_workers,
+                   shard_size=args.shard_size, max_samples=args.max_samples_per_shard, metadata=metadata,
+                   command=list(argv), seed=args.seed)
+
+
 # ------------------------------------------------------------------------------------------------------ CLI
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="make_shards.py", description=__doc__.splitlines()[0])
@@ -686,6 +964,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--caption-column", default="caption")
     p.add_argument("--conditions", default="", help="comma-separated columns naming condition-map files")
     p.add_argument("--canny", action="store_true", help="add canny edges of the image (canny.png)")
+    p = sub.add_parser("retrieval", help="image-text retrieval from a Karpathy split JSON (dataset_coco.json)")
+    common(p)
+    p.add_argument("--karpathy", type=Path, required=True, help="Karpathy split JSON (dataset_flickr30k.json, ...)")
+    p.add_argument("--root", type=Path, required=True, help="directory the image paths (filepath/filename) are in")
+    p.add_argument("--split", choices=("train", "val", "test"), required=True)
+    p.add_argument("--restval-as-train", action="store_true", help="with --split train: add the restval images")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--fraction", type=float, default=None, help="keep this fraction of the images (seeded)")
+    group.add_argument("--max-images", type=int, default=None, help="keep at most N images (seeded)")
+    p = sub.add_parser("vqa", help="VQAv2 questions + annotations")
+    common(p)
+    p.add_argument("--questions", type=Path, required=True, help="VQAv2 questions JSON")
+    p.add_argument("--annotations", type=Path, required=True, help="VQAv2 annotations JSON")
+    p.add_argument("--root", type=Path, required=True, help="directory the image pattern is relative to")
+    p.add_argument("--image-pattern", default=None,
+                   help=f"image path from {{data_subtype}} and {{image_id}} (default: {DEFAULT_VQA_PATTERN})")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--top-answers", type=int, default=None,
+                       help="vocabulary: the N most frequent normalised answers here (training split)")
+    group.add_argument("--answers-from", type=Path, default=None,
+                       help="vocabulary: the answers of this vqa dataset (val/test use the training vocabulary)")
+    p.add_argument("--max-questions", type=int, default=None, help="keep at most N questions (seeded)")
     return parser
 
 
@@ -706,6 +1006,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_classification(args, command)
         elif args.kind == "captions":
             run_captions(args, command)
+        elif args.kind == "retrieval":
+            run_retrieval(args, command)
+        elif args.kind == "vqa":
+            run_vqa(args, command)
         elif args.kind == "video":
             run_video(args, command)
         elif args.kind == "synthetic-motion":

@@ -80,3 +80,97 @@ def write_word_scorer(directory: Path, words: list[str], seed: int = 0, model_ma
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(directory)
     return directory
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _shape_captions(shape: dict) -> list[str]:
+    """Five captions of a drawn shape (make_shards.draw_shape), in the tiny CLIP's words: "a red circle", ..."""
+    color, name, background = shape["color"], shape["shape"], shape["background"]
+    size = "small" if shape["radius"] < 0.25 * len(shape["image"]) else "large"
+    return [f"a {color} {name}", f"a photo of a {color} {name}", f"a picture of the {color} {name}",
+            f"an image of a {color} {name} on {_article(background)} {background} background",
+            f"a {size} {color} {name}"]
+
+
+def write_retrieval(out: Path, *, train_images: int = 48, test_images: int = 24, size: int = 32,
+                    seed: int = 0) -> dict[str, str]:
+    """Image-text retrieval shards of shapes: a Karpathy-format JSON (out/raw/dataset_shapes.json, 5 captions per
+    image from its colour, shape, size and background) through `make_shards.py retrieval`, splits train and test."""
+    raw = out / "raw"
+    images: list[dict] = []
+    for part, (split, count) in enumerate((("train", train_images), ("test", test_images))):
+        (raw / "images" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            shape = make_shards.draw_shape(index, size, seed * 1000 + part, None)
+            filename = f"{index:06d}.png"
+            Image.fromarray(shape["image"]).save(raw / "images" / split / filename)
+            images.append({"filepath": split, "filename": filename, "split": split, "imgid": len(images),
+                           "sentences": [{"raw": text, "tokens": text.split()} for text in _shape_captions(shape)]})
+    path = raw / "dataset_shapes.json"
+    path.write_text(json.dumps({"dataset": "synthetic-shapes", "images": images}))
+    for split in ("train", "test"):
+        args = ["retrieval", "--karpathy", str(path), "--root", str(raw / "images"), "--split", split,
+                "--out", str(out / split), "--seed", str(seed)]
+        rc = make_shards.main(args)
+        if rc != 0:
+            raise RuntimeError(f"make_shards {' '.join(args)} failed with exit code {rc}")
+    return {"train": str(out / "train"), "test": str(out / "test")}
+
+
+def _shape_questions(shape: dict, rng) -> list[tuple[str, str, str, list[str]]]:
+    """(question, answer, answer type, wrong answers an annotator may give) for one drawn shape."""
+    colors, shapes = list(make_shards.COLORS), list(make_shards.SHAPES)
+    asked = shape["color"] if rng.random() < 0.5 else colors[int(rng.integers(len(colors)))]
+    yes = "yes" if asked == shape["color"] else "no"
+    return [("what color is the shape?", shape["color"], "other", [c for c in colors if c != shape["color"]]),
+            ("what shape is this?", shape["shape"], "other", [s for s in shapes if s != shape["shape"]]),
+            (f"is the shape {asked}?", yes, "yes/no", ["no" if yes == "yes" else "yes"])]
+
+
+def write_vqa(out: Path, *, train_questions: int = 96, test_questions: int = 48, size: int = 32,
+              seed: int = 0) -> dict[str, str]:
+    """VQAv2-format shards of shapes: three questions per image (its colour, its shape, "is the shape {colour}?"),
+    10 annotator answers each of which up to 3 disagree or are written differently ("Red.", "a circle"), so that
+    answer_counts vary; train uses `--top-answers` over every synthetic answer, test `--answers-from` train."""
+    import numpy as np
+
+    raw = out / "raw"
+    all_answers = [*make_shards.COLORS, *make_shards.SHAPES, "yes", "no"]
+    for part, (split, count) in enumerate((("train", train_questions), ("test", test_questions))):
+        rng = np.random.default_rng([seed, part])
+        (raw / "images" / split).mkdir(parents=True, exist_ok=True)
+        questions: list[dict] = []
+        annotations: list[dict] = []
+        image_id = 0
+        while len(questions) < count:
+            image_id += 1
+            shape = make_shards.draw_shape(image_id, size, seed * 1000 + part, None)
+            Image.fromarray(shape["image"]).save(raw / "images" / split / f"{image_id:06d}.png")
+            for j, (question, answer, answer_type, wrong) in enumerate(_shape_questions(shape, rng)):
+                if len(questions) == count:
+                    break
+                question_id = image_id * 10 + j
+                answers = [answer] * 10
+                for k in rng.choice(10, size=int(rng.integers(0, 4)), replace=False):
+                    answers[k] = (wrong[int(rng.integers(len(wrong)))] if rng.random() < 0.5
+                                  else rng.choice([answer.capitalize() + ".", f"a {answer}", f" {answer.upper()}"]))
+                questions.append({"image_id": image_id, "question": question, "question_id": question_id})
+                annotations.append({"question_id": question_id, "image_id": image_id, "answer_type": answer_type,
+                                    "question_type": " ".join(question.split()[:2]), "multiple_choice_answer": answer,
+                                    "answers": [{"answer": str(a), "answer_confidence": "yes", "answer_id": n + 1}
+                                                for n, a in enumerate(answers)]})
+        (raw / f"questions_{split}.json").write_text(json.dumps({"data_subtype": split, "questions": questions}))
+        (raw / f"annotations_{split}.json").write_text(json.dumps({"data_subtype": split,
+                                                                  "annotations": annotations}))
+    for split in ("train", "test"):
+        args = ["vqa", "--questions", str(raw / f"questions_{split}.json"),
+                "--annotations", str(raw / f"annotations_{split}.json"), "--root", str(raw / "images"),
+                "--image-pattern", "{data_subtype}/{image_id:06d}.png", "--out", str(out / split), "--seed", str(seed)]
+        args += ["--top-answers", str(len(all_answers))] if split == "train" else ["--answers-from", str(out / "train")]
+        rc = make_shards.main(args)
+        if rc != 0:
+            raise RuntimeError(f"make_shards {' '.join(args)} failed with exit code {rc}")
+    return {"train": str(out / "train"), "test": str(out / "test")}
