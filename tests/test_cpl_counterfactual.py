@@ -9,6 +9,7 @@ import torch
 
 from lightning_modules.cpl.counterfactual import (
     class_logits, contrastive_loss, counterfactual, pick_negatives, search_mask)
+from lightning_modules.cpl.negatives import top_k_negatives
 
 
 def features(seed: int, *shape: int) -> torch.Tensor:
@@ -75,14 +76,42 @@ def test_contrastive_loss_equals_the_formula():
     assert everything.tolist() == pytest.approx(expected, rel=1e-4)
 
 
+def class_scores() -> torch.Tensor:
+    """4 classes; row i's similarities: class 0 is nearest 1 then 2, 1 -> 0 then 2, 2 -> 1 then 0, 3 -> 0 then 1."""
+    return torch.tensor([[1.0, 0.9, 0.5, 0.1],
+                         [0.9, 1.0, 0.6, 0.2],
+                         [0.4, 0.8, 1.0, 0.3],
+                         [0.7, 0.6, 0.2, 1.0]])
+
+
 def test_pick_negatives_prefers_the_most_similar_class_present():
-    negatives = torch.tensor([[1, 2], [0, 2], [1, 0], [0, 1]])  # class -> its 2 nearest classes, nearest first
+    scores = class_scores()
+    top2 = top_k_negatives(scores, 2)
     labels = torch.tensor([0, 2, 2, 3, 1])
-    partner, valid = pick_negatives(labels, negatives)
-    assert partner.tolist()[0] == 4  # class 0: nearest is 1 (sample 4)
-    assert partner.tolist()[1] == 4 and partner.tolist()[2] == 4  # class 2: nearest is 1
-    assert partner.tolist()[3] == 0  # class 3: nearest is 0 (sample 0)
-    assert partner.tolist()[4] == 0  # class 1: nearest is 0
-    assert valid.all()
-    alone, valid = pick_negatives(torch.tensor([3, 3]), negatives)
+    for top_k in (top2, None):
+        partner, valid = pick_negatives(labels, labels, scores, top_k)
+        assert partner.tolist()[0] == 4  # class 0: nearest is 1 (sample 4)
+        assert partner.tolist()[1] == 4 and partner.tolist()[2] == 4  # class 2: nearest is 1
+        assert partner.tolist()[3] == 0  # class 3: nearest is 0 (sample 0)
+        assert partner.tolist()[4] == 0  # class 1: nearest is 0
+        assert valid.all()
+    alone, valid = pick_negatives(torch.tensor([3, 3]), torch.tensor([3, 3]), scores, top2)
     assert not valid.any()  # no negative class in the batch: no counterfactual, never the sample's own class
+
+
+def test_pick_negatives_top_k_limits_partners_and_ties_go_to_the_earliest():
+    scores = class_scores()
+    labels = torch.tensor([3, 2, 2])  # class 3's top-1 is class 0, absent: with k=1 it has no partner
+    partner, valid = pick_negatives(labels, labels, scores, top_k_negatives(scores, 1))
+    assert valid.tolist() == [False, False, False]  # 2's top-1 is class 1, absent too
+    partner, valid = pick_negatives(labels, labels, scores, None)
+    assert valid.all() and partner.tolist() == [1, 0, 0]  # nearest present; the two class-2 samples tie: earliest
+
+
+def test_pick_negatives_uses_texts_and_labels_separately():
+    # retrieval/VQA: texts index the score matrix, labels (in-batch captions, answers) decide who is eligible
+    scores = class_scores()
+    items = torch.tensor([0, 1, 2])
+    labels = torch.tensor([5, 5, 7])  # samples 0 and 1 share a class: only sample 2 is eligible for both
+    partner, valid = pick_negatives(labels, items, scores, None)
+    assert valid.all() and partner.tolist() == [2, 2, 1]  # sample 2 (text 2): text 1 (0.8) beats text 0 (0.4)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from lightning_modules.cpl import counterfactual as cf
 from lightning_modules.cpl.clip_backbone import FrozenCLIP
 from lightning_modules.cpl.module import CPLModule
+from lightning_modules.cpl.negatives import top_k_negatives
 from lightning_modules.cpl.prompt_learner import PromptLearner
 from tests.tiny_clip import write_tiny_clip
 
@@ -63,8 +64,10 @@ def test_prompt_learner_refuses_bad_class_lists_and_settings(clip):
 def module(clip_dir, variant: str, **params) -> CPLModule:
     m = CPLModule(clip={"pretrained": str(clip_dir)}, variant=variant,
                   scorer={"model": "unused"} if variant == "cpl" else None, **params)
-    if variant == "cpl":
-        m.negatives = torch.tensor([[1, 2], [0, 3], [3, 0], [2, 1]])  # what the BERTScore bank would hold
+    if variant == "cpl":  # what the BERTScore bank would hold for CLASSES
+        m.negative_scores = torch.tensor([[1.0, 0.8, 0.6, 0.1], [0.9, 1.0, 0.2, 0.7],
+                                          [0.5, 0.1, 1.0, 0.9], [0.3, 0.6, 0.8, 1.0]])
+        m.negative_top_k = top_k_negatives(m.negative_scores, 2)
         m.hparams.k = 2
     m.configure_classes(CLASSES, {"base": CLASSES})
     return m
@@ -101,7 +104,7 @@ def test_cpl_loss_is_the_joint_formula(clip_dir, monkeypatch):
         text = m.prompts(v)  # [B, C, D]
         labels = data["cls"]
         logits = m.clip.logit_scale * torch.einsum("bd,bcd->bc", F.normalize(v, dim=-1), F.normalize(text, dim=-1))
-        partner, valid = cf.pick_negatives(labels, m.negatives)
+        partner, valid = cf.pick_negatives(labels, labels, m.negative_scores, m.negative_top_k)
         v_cf = (1 - fixed_u) * v + fixed_u * v[partner]
         t_y = F.normalize(text[torch.arange(8), labels], dim=-1)
         real = (t_y * F.normalize(v, dim=-1)).sum(-1) / 0.5

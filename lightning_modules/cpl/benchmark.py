@@ -1,8 +1,9 @@
 """The benchmark table of a CPL/CoOp/CoCoOp run, written to `<run dir>/benchmark.json` and `benchmark.md`.
 
-After every validation (rank 0) it records the learned prompts' accuracy per validation set, the base/new harmonic
-mean, and the frozen zero-shot CLIP's numbers beside them (measured once by the module), so the gain is visible
-while training runs; the files always hold the latest validation.
+After every validation (rank 0) it records the learned prompts' metric per validation set (accuracy for
+classification, with the base/new harmonic mean; image->text R@1 for retrieval; VQA accuracy), and the frozen zero-shot
+CLIP's numbers beside them (measured once by the module), so the gain is visible while training runs; the files
+always hold the latest validation.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from lightning.pytorch.callbacks import Callback
 from launch.runs import atomic_write_text
 
 
-def summary_rows(metrics: dict[str, float], names: list[str]) -> list[dict[str, Any]]:
-    """[{method, <set>..., harmonic_mean}] for the zero-shot model and the learned prompts (percent)."""
+def summary_rows(metrics: dict[str, float], names: list[str], metric: str = "accuracy") -> list[dict[str, Any]]:
+    """[{method, <set>..., harmonic_mean}] for the zero-shot model and the learned prompts (percent); `metric` is
+    the logged name (val/<metric>_<set>)."""
     rows = []
     for method, prefix in (("zero-shot CLIP", "val/zero_shot_"), ("learned prompts", "val/")):
         row: dict[str, Any] = {"method": method}
         for name in names:
-            value = metrics.get(f"{prefix}accuracy_{name}")
+            value = metrics.get(f"{prefix}{metric}_{name}")
             row[name] = None if value is None else round(float(value), 2)
         hm = metrics.get(f"{prefix}harmonic_mean")
         if hm is not None:
@@ -49,10 +51,12 @@ class CPLBenchmark(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
         names = list(getattr(pl_module, "val_names", []))
-        rows = summary_rows(metrics, names)
+        metric = getattr(pl_module, "metric_name", "accuracy")
+        rows = summary_rows(metrics, names, metric)
         record = {"global_step": trainer.global_step, "epoch": trainer.current_epoch,
-                  "variant": pl_module.hparams.get("variant"), "rows": rows}
+                  "variant": pl_module.hparams.get("variant"), "task": getattr(pl_module, "task", None),
+                  "metric": metric, "rows": rows}
         directory = Path(trainer.default_root_dir)
         atomic_write_text(directory / f"{self.filename}.json", json.dumps(record, indent=1) + "\n")
         atomic_write_text(directory / f"{self.filename}.md",
-                          f"{record['variant']} at step {trainer.global_step}\n\n" + markdown_table(rows))
+                          f"{record['variant']} at step {trainer.global_step}: {metric} (%)\n\n" + markdown_table(rows))

@@ -61,14 +61,21 @@ def contrastive_loss(text: torch.Tensor, v: torch.Tensor, v_cf: torch.Tensor, la
     return per_class.gather(1, labels.unsqueeze(1)).squeeze(1)
 
 
-def pick_negatives(labels: torch.Tensor, negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each sample, another sample of the batch whose class is among its class's top-k negatives, the most
-    similar such class first (ties: the earliest sample). Returns (index into the batch, valid) — a sample whose
-    negatives are absent from the batch has no counterfactual. negatives: [n_cls, k] class ids, most similar first."""
-    k = negatives.shape[1]
-    candidate_rank = torch.full((labels.shape[0], labels.shape[0]), k, device=labels.device)
-    for r in range(k):  # k is small (a handful): a loop over ranks, vectorised over the batch
-        hit = negatives[labels, r].unsqueeze(1) == labels.unsqueeze(0)  # [B, B]: sample j has i's r-th negative
-        candidate_rank = torch.where(hit & (candidate_rank == k), torch.full_like(candidate_rank, r), candidate_rank)
-    best = candidate_rank.min(dim=1)
-    return best.indices, best.values < k
+def pick_negatives(labels: torch.Tensor, items: torch.Tensor, scores: torch.Tensor,
+                   top_k: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each sample, the other sample of the batch whose text is the most BERTScore-similar to its own among those
+    of another class (ties: the earliest sample). Returns (index into the batch, valid): a sample with no eligible
+    partner has no counterfactual, and a sample is never paired with its own class.
+
+    labels [B]: the class each sample is trained on (a partner's must differ); items [B]: each sample's text as an
+    index into scores [n, n] (classification: its class name; retrieval: its caption; VQA: its question+answer);
+    top_k [n, k]: when given, a partner's text must be among the k most similar to the sample's (the paper's top-k
+    negatives); without it any text of another class in the batch qualifies, the nearest first."""
+    items_cpu = items.cpu()
+    similarity = scores[items_cpu][:, items_cpu].to(labels.device, torch.float32)  # [B, B]
+    allowed = labels.unsqueeze(1) != labels.unsqueeze(0)
+    if top_k is not None:
+        near = (top_k[items_cpu].unsqueeze(2) == items_cpu.view(1, 1, -1)).any(dim=1)  # [B, B]
+        allowed &= near.to(labels.device)
+    similarity = similarity.masked_fill(~allowed, float("-inf"))
+    return similarity.argmax(dim=1), allowed.any(dim=1)

@@ -352,15 +352,13 @@ def _write_cache(path: Path, f1: torch.Tensor, key: str, texts: list[str]) -> No
         raise
 
 
-def bertscore_negatives(texts: list[str], k: int, scorer: ScorerSpec, cache_dir: str | Path,
-                        device: str = "cpu") -> torch.Tensor:
-    """[n, k] long: each text's k most BERTScore-similar other texts, most similar first.
+def bertscore_scores(texts: list[str], scorer: ScorerSpec, cache_dir: str | Path, device: str = "cpu") -> torch.Tensor:
+    """[n, n] float32: BERTScore F1 between every pair of texts (candidate i, reference j).
 
-    The F1 matrix (independent of k) is read from ``cache_file(texts, scorer, cache_dir)`` when present and valid;
-    otherwise it is computed on ``device`` and written there atomically.
+    Read from ``cache_file(texts, scorer, cache_dir)`` when present and valid; otherwise computed on ``device`` and
+    written there atomically.
     """
     texts = _check_texts(texts)
-    _check_k(k, len(texts))
     key, digest = _cache_key(texts, scorer)
     path = Path(cache_dir).expanduser() / f"bertscore-f1-{digest}.safetensors"
     f1 = _read_cache(path, key, len(texts))
@@ -371,4 +369,12 @@ def bertscore_negatives(texts: list[str], k: int, scorer: ScorerSpec, cache_dir:
             log.info("BERTScore F1 of %d texts cached at %s", len(texts), path)
         except OSError as err:  # an unwritable cache costs a recompute next time, not this run
             log.warning("could not write BERTScore cache %s: %s", path, err)
-    return top_k_negatives(f1, k)
+    return f1
+
+
+def bertscore_negatives(texts: list[str], k: int, scorer: ScorerSpec, cache_dir: str | Path,
+                        device: str = "cpu") -> torch.Tensor:
+    """[n, k] long: each text's k most BERTScore-similar other texts, most similar first (F1 from
+    ``bertscore_scores``, whose cache does not depend on k)."""
+    _check_k(k, len(_check_texts(texts)))
+    return top_k_negatives(bertscore_scores(texts, scorer, cache_dir, device), k)

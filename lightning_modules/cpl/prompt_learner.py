@@ -15,6 +15,8 @@ from torch import nn
 from lightning_modules.cpl.clip_backbone import FrozenCLIP
 
 Position = Literal["end", "middle", "front"]
+TOKEN_CACHE_SIZE = 200_000
+ENCODE_CHUNK = 4096  # prompts per text-encoder pass without gradients (evaluation over thousands of captions)
 
 
 class PromptLearner(nn.Module):
@@ -45,14 +47,19 @@ class PromptLearner(nn.Module):
             init = init.unsqueeze(0).repeat(len(class_names), 1, 1)
         self.ctx = nn.Parameter(init)
         self.meta_net = None
+        self._token_cache: dict[str, list[int]] = {}
         if meta_net:
             vis, hidden = clip.embed_dim, max(clip.embed_dim // 16, 1)
             self.meta_net = nn.Sequential(nn.Linear(vis, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, d))
         self.set_classes(class_names)
 
-    def set_classes(self, class_names: list[str]) -> None:
-        """Build the prompts' token ids for these classes (e.g. the new classes at evaluation)."""
-        check_class_names(class_names)
+    def set_classes(self, class_names: list[str], unique: bool = True) -> None:
+        """Build the prompts' token ids for these classes (e.g. the new classes at evaluation). Texts that are not
+        classes of one list (VQA's question-answer prompts of a whole batch) may repeat: `unique=False`."""
+        if unique:
+            check_class_names(class_names)
+        elif not class_names or not all(isinstance(n, str) and n.strip() for n in class_names):
+            raise ValueError("prompt texts must be non-empty strings")
         if self.class_specific and len(class_names) != self.n_classes_trained:
             raise ValueError("class-specific contexts belong to the training classes: they cannot prompt "
                              f"{len(class_names)} other classes (use class_specific: false for base-to-new)")
@@ -61,7 +68,7 @@ class PromptLearner(nn.Module):
         half = self.n_ctx // 2
         period = clip.token_ids(".")
         for name in class_names:
-            name_ids = clip.token_ids(name.replace("_", " "))
+            name_ids = self._token_ids(name)
             ctx = [None] * self.n_ctx
             if self.position == "end":
                 body = ctx + name_ids
@@ -85,6 +92,15 @@ class PromptLearner(nn.Module):
         mask[torch.arange(len(rows)).unsqueeze(1), cols] = True
         self.ctx_mask = mask.to(device)
 
+    def _token_ids(self, text: str) -> list[int]:
+        """Tokenised once: retrieval and VQA prompt the same captions and questions again every epoch."""
+        ids = self._token_cache.get(text)
+        if ids is None:
+            if len(self._token_cache) >= TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            ids = self._token_cache[text] = self.clip[0].token_ids(text.replace("_", " "))
+        return ids
+
     def _to(self, device: torch.device) -> None:
         if self.input_ids.device != device:
             self.input_ids, self.eos_positions = self.input_ids.to(device), self.eos_positions.to(device)
@@ -96,24 +112,42 @@ class PromptLearner(nn.Module):
         rows = torch.arange(n, device=ctx.device).unsqueeze(1).expand_as(columns)
         return ctx.new_zeros(n, length, ctx.shape[-1]).index_put((rows, columns), ctx)
 
-    def forward(self, image_features: torch.Tensor | None = None) -> torch.Tensor:
-        """Text features (unnormalised): [n_cls, D], or [B, n_cls, D] with a meta-net and `image_features` [B, D]."""
-        clip = self.clip[0]
+    def forward(self, image_features: torch.Tensor | None = None, rows_per_image: int | None = None) -> torch.Tensor:
+        """Text features (unnormalised). Every image against every prompt: [n_cls, D], or [B, n_cls, D] with a
+        meta-net and `image_features` [B, D]. With `rows_per_image` R the prompts are B blocks of R, block b
+        belonging to image b only (VQA: each question's answers): [B, R, D]."""
         self._to(self.ctx.device)
-        n_cls = self.input_ids.shape[0]
-        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(n_cls, -1, -1)
+        n_rows = self.input_ids.shape[0]
+        ctx = self.ctx if self.class_specific else self.ctx.unsqueeze(0).expand(n_rows, -1, -1)
+        if rows_per_image is not None:
+            if image_features is None or image_features.shape[0] * rows_per_image != n_rows:
+                raise ValueError(f"{n_rows} prompts are not blocks of {rows_per_image} for the images given")
+            b = image_features.shape[0]
+            if self.meta_net is not None:
+                bias = self.meta_net(image_features / image_features.norm(dim=-1, keepdim=True))  # [B, d]
+                ctx = ctx + bias.repeat_interleave(rows_per_image, dim=0)[:, None, :]
+            return self._encode(ctx, self.input_ids, self.eos_positions, self.ctx_mask, self.ctx_columns).view(
+                b, rows_per_image, -1)
         if self.meta_net is None:
-            values = self._scatter(ctx, self.ctx_columns)
-            return clip.encode_prompts(self.input_ids, self.eos_positions, self.ctx_mask, values)
+            return self._encode(ctx, self.input_ids, self.eos_positions, self.ctx_mask, self.ctx_columns)
         if image_features is None:
             raise ValueError("a prompt learner with a meta-net needs the image features")
         bias = self.meta_net(image_features / image_features.norm(dim=-1, keepdim=True))  # [B, d]
         b = bias.shape[0]
         shifted = (ctx.unsqueeze(0) + bias[:, None, None, :]).flatten(0, 1)  # [B * n_cls, n_ctx, d]
-        values = self._scatter(shifted, self.ctx_columns.repeat(b, 1))
-        feats = clip.encode_prompts(self.input_ids.repeat(b, 1), self.eos_positions.repeat(b),
-                                    self.ctx_mask.repeat(b, 1), values)
-        return feats.view(b, n_cls, -1)
+        feats = self._encode(shifted, self.input_ids.repeat(b, 1), self.eos_positions.repeat(b),
+                             self.ctx_mask.repeat(b, 1), self.ctx_columns.repeat(b, 1))
+        return feats.view(b, n_rows, -1)
+
+    def _encode(self, ctx: torch.Tensor, ids: torch.Tensor, eos: torch.Tensor, mask: torch.Tensor,
+                columns: torch.Tensor) -> torch.Tensor:
+        clip = self.clip[0]
+        if torch.is_grad_enabled() or ids.shape[0] <= ENCODE_CHUNK:
+            return clip.encode_prompts(ids, eos, mask, self._scatter(ctx, columns))
+        return torch.cat([clip.encode_prompts(ids[i:i + ENCODE_CHUNK], eos[i:i + ENCODE_CHUNK],
+                                              mask[i:i + ENCODE_CHUNK],
+                                              self._scatter(ctx[i:i + ENCODE_CHUNK], columns[i:i + ENCODE_CHUNK]))
+                          for i in range(0, ids.shape[0], ENCODE_CHUNK)])
 
 
 def check_class_names(class_names: list[str]) -> None:

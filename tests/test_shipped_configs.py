@@ -1,0 +1,25 @@
+"""Every experiment config the repository ships resolves and passes the parameter checks (as --dry-run does)."""
+
+from __future__ import annotations
+
+import pytest
+
+from launch.config import load_config
+from launch.fit import check_config
+from tests.conftest import REPO
+
+EXPERIMENTS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if "base" not in p.relative_to(REPO / "configs").parts)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_config_resolves_and_checks(path):
+    check_config(load_config(path))
+
+
+def test_every_cpl_task_has_configs():
+    names = {p.stem for p in EXPERIMENTS if p.parent.name == "cpl"}
+    assert {"imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101", "fgvc_aircraft",
+            "sun397", "dtd", "eurosat", "ucf101", "flickr30k", "coco", "vqav2"} <= names
+    targets = {load_config(REPO / "configs" / "cpl" / f"{n}.yaml").cfg.data.target for n in ("dtd", "coco", "vqav2")}
+    assert targets == {"lightning_modules.cpl.data.ClipClassificationData", "lightning_modules.cpl.data.ClipRetrievalData",
+                       "lightning_modules.cpl.data.ClipVQAData"}
