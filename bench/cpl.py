@@ -56,10 +56,11 @@ def build(size: str, variant: str, tokenizer_dir: Path, classes: list[str], devi
     config = json.loads(json.dumps(SIZES[size]))
     config["text_config"].update(vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
     module = CPLModule(clip={"config": config, "tokenizer": str(tokenizer_dir)}, variant=variant,
-                       scorer={"model": "unused"} if variant == "cpl" else None, k=3, cache_image_features=False)
-    if variant == "cpl":  # the BERTScore bank is built once per dataset; a fixed one stands in for it here
+                       scorer={"model": "unused"} if variant == "cpl" else None, k=None, cache_image_features=False)
+    if variant == "cpl":  # the BERTScore matrix is built once per dataset; a fixed one stands in for it here
         n = len(classes)
-        module.negatives = torch.stack([torch.tensor([(c + 1) % n, (c + 2) % n, (c + 3) % n]) for c in range(n)])
+        distance = (torch.arange(n).unsqueeze(1) - torch.arange(n).unsqueeze(0)).abs()
+        module.negative_scores = -torch.minimum(distance, n - distance).float()  # neighbouring classes are nearest
     module.configure_classes(classes, {})
     module.log = module.log_dict = lambda *a, **k: None  # no Trainer here: logging is Lightning's cost, not CPL's
     return module.to(device)
