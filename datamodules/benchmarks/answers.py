@@ -1,0 +1,453 @@
+"""Answers to multiple-choice benchmark questions: rule-based extraction, an optional LLM judge, scoring.
+
+`extract_choice(response, options)` returns an option letter (in the case of the option keys) or None
+(unparsed). Rules, first that applies wins:
+  1. the whole response is a letter: "B", "(b)", "B.", "**B**", "Option B", "Answer: B";
+  2. explicit answer statements ("the answer is B", "final answer: (B)", "correct option is B", "I choose B",
+     "answer: <option text>"): a "final answer" statement beats other statements, then the last one wins, so a
+     chain of thought that mentions other letters first still parses; "the answer is A or B" is unparsed;
+  3. a letter opening the response followed by ".", ":", ")" or " - ": "B. text", "(B) text", "B: text";
+  4. letters marked anywhere: "(B)", "option B", a capital option letter standing alone; two different
+     letters are unparsed;
+  5. the text of exactly one option inside the response (case, punctuation and spacing ignored; an option
+     whose text lies inside a longer matched option's text does not count).
+"A" and "I" followed by an ordinary word are read as English ("A man is walking"), not as letters; lower-case
+letters count only where marked (rules 1-3, "(b)", "option b"); a negated letter ("not A") is no mention. A letter
+whose own sentence names a different option's text and not its own ("B. The car moves left" where B is "right")
+is a contradiction: unparsed.
+
+Unparsed and missing responses count as wrong; `score_responses` records how each item was decided.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+from datamodules.benchmarks.questions import (MMWORLD_FLAGS, VLM4D_GROUPS, VLM4D_SPLITS, BenchmarkFileError, QKey,
+                                              Question, VideoReport, mmworld_id)
+
+ARTICLE_LETTERS = {"A", "I"}  # one-letter English words
+# Words after "A" that make it a letter reference rather than an article ("A is correct", "A because ...").
+REFERENCE_WORDS = {"is", "was", "seems", "would", "should", "could", "might", "appears", "because", "since", "as",
+                   "fits", "matches", "and", "or", "describes", "shows", "looks"}
+_WORD_AFTER = re.compile(r"[ \t]+([A-Za-z]+)")
+_NEGATION = re.compile(r"(?:\bnot|n't|\bnever)\s+(?:(?:option|choice)\s+)?[(\[]?$", re.I)  # "not A", "isn't (B)"
+CHOOSE_VERBS = ("choose", "chose", "pick", "select", "go")
+AMBIGUOUS = object()  # a statement naming two options or contradicting itself
+_SENTENCE_END = re.compile(r"[.!?;]\s|[.!?;]$|\n")
+_LETTER_DELIMS = re.compile(r"[ \t.:)\]\-,]*")  # not newlines: a letter on its own line has no clause
+
+
+@functools.lru_cache(maxsize=64)
+def _patterns(keys: tuple[str, ...]) -> dict[str, re.Pattern]:
+    upper = "".join(sorted({k.upper() for k in keys}))
+    both = upper + upper.lower()
+    verb = r"(?:\s*(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be)\b|[:=]))+"
+    after = rf"\s*(?:(?:option|choice|letter)\s+)?[(\[\"']?\s*(?P<letter>[{both}])(?![A-Za-z0-9])"
+    statement = (rf"\b(?:(?P<final>final)\s+|(?:correct|best|right|most\s+likely)\s+)?answer{verb}"
+                 rf"|\b(?:(?P<final2>final)|correct|best|right)\s+(?:option|choice){verb}"
+                 rf"|\b(?:choose|chose|pick|select|go\s+with)\b")
+    return {
+        "whole": re.compile(rf"^[(\[]?\s*(?:(?:option|choice|answer)\s*[:\-]?\s*)?[(\[]?\s*([{both}])\s*[)\]]?\s*"
+                            rf"[.:)]?\s*$", re.I),
+        "statement": re.compile(statement, re.I),
+        "after": re.compile(after, re.I),
+        "leading": re.compile(rf"^[(\[]?([{both}])(?:[)\]]|[.:](?![A-Za-z0-9])|\s+-\s|\s*\n|\s*$)"),
+        "marked": re.compile(rf"[(\[]([{both}])[)\]]|\b(?:option|choice|letter)\s+([{both}])(?![A-Za-z0-9])", re.I),
+        "capital": re.compile(rf"(?<![A-Za-z0-9'’])([{upper}])(?![A-Za-z0-9'’]|\.[A-Za-z])"),
+        "or_other": re.compile(rf"\s*(?:or|and|/)\s*(?:(?:option|choice)\s+)?[(\[]?\s*([{both}])(?![A-Za-z0-9])",
+                               re.I),
+    }
+
+
+def _clean(response: str) -> str:
+    return re.sub(r"[*_`]{1,3}", "", response).strip()  # markdown emphasis around letters: **B**, __B__, `B`
+
+
+def _norm_text(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.casefold()).split())
+
+
+def _is_article(text: str, end: int, letter: str) -> bool:
+    """`letter` ending at `end` reads as the English word ("A man", "I think")."""
+    if letter.upper() not in ARTICLE_LETTERS:
+        return False
+    word = _WORD_AFTER.match(text, end)
+    return bool(word) and word.group(1).lower() not in REFERENCE_WORDS
+
+
+def _negated(text: str, start: int) -> bool:
+    return bool(_NEGATION.search(text[max(0, start - 24):start]))
+
+
+def _text_groups(text: str, options: Mapping[str, str]) -> list[str]:
+    """Normalised option texts found in `text` (whole words), dropping those inside a longer found text."""
+    hay = f" {_norm_text(text)} "
+    spans = []
+    for norm in {_norm_text(v) for v in options.values()} - {""}:
+        start = hay.find(f" {norm} ")
+        while start != -1:
+            spans.append((start, start + len(norm) + 2, norm))
+            start = hay.find(f" {norm} ", start + 1)
+    kept = {n for s, e, n in spans if not any(s2 <= s and e <= e2 and len(n2) > len(n) for s2, e2, n2 in spans)}
+    return sorted(kept)
+
+
+def _letter_of_text(norm: str, options: Mapping[str, str]) -> str:
+    return next(k for k, v in options.items() if _norm_text(v) == norm)  # repeated texts: the first letter
+
+
+def _key(letter: str, options: Mapping[str, str]) -> str:
+    return next(k for k in options if k.upper() == letter.upper())
+
+
+def _clause_after(text: str, end: int) -> str:
+    """The rest of the sentence after a letter (skipping the letter's own delimiters)."""
+    start = _LETTER_DELIMS.match(text, end).end()
+    stop = _SENTENCE_END.search(text, start)
+    return text[start:stop.start() if stop else len(text)]
+
+
+def _consistent(text: str, end: int, key: str, options: Mapping[str, str]) -> bool:
+    """False when the letter's own sentence names another option's text and not the letter's."""
+    named = _text_groups(_clause_after(text, end), options)
+    return not named or _norm_text(options[key]) in named
+
+
+def _decide(text: str, match_end: int, letter: str, options: Mapping[str, str]) -> str | None:
+    key = _key(letter, options)
+    return key if _consistent(text, match_end, key, options) else None
+
+
+def extract_choice(response: str | None, options: Mapping[str, str]) -> str | None:
+    """The option letter a free-text response chooses, or None when it cannot be told (see module docstring)."""
+    if not response or not options or not response.strip():
+        return None
+    text = _clean(response)
+    pat = _patterns(tuple(options))
+
+    whole = pat["whole"].match(text)
+    if whole:
+        return _key(whole.group(1), options)
+
+    statements = []  # (is_final, position, letter or AMBIGUOUS), only statements that name something
+    for m in pat["statement"].finditer(text):
+        final = bool(m.group("final") or m.group("final2"))
+        after = pat["after"].match(text, m.end())
+        if after and not _is_article(text, after.end(), after.group("letter")):
+            other = pat["or_other"].match(text, after.end())
+            if other and not _is_article(text, other.end(), other.group(1)):
+                statements.append((final, m.start(), AMBIGUOUS))
+            else:
+                key = _key(after.group("letter"), options)
+                consistent = _consistent(text, after.end(), key, options)
+                statements.append((final, m.start(), key if consistent else AMBIGUOUS))
+        elif not m.group(0).lower().startswith(CHOOSE_VERBS):  # "select the best answer" names nothing
+            named = _text_groups(_clause_after(text, m.end()), options)
+            if named:
+                statements.append((final, m.start(),
+                                   _letter_of_text(named[0], options) if len(named) == 1 else AMBIGUOUS))
+    if statements:
+        chosen = max(statements, key=lambda s: (s[0], s[1]))[2]
+        return None if chosen is AMBIGUOUS else chosen
+
+    leading = pat["leading"].match(text)
+    if leading and not _is_article(text, leading.end(1), leading.group(1)):
+        return _decide(text, leading.end(1), leading.group(1), options)
+
+    mentions = [(m.end(), m.group(1) or m.group(2), m.start()) for m in pat["marked"].finditer(text)]
+    mentions += [(m.end(), m.group(1), m.start()) for m in pat["capital"].finditer(text)]
+    mentions = [(end, letter) for end, letter, start in mentions
+                if not _is_article(text, end, letter) and not _negated(text, start)]
+    letters = {letter.upper() for _, letter in mentions}
+    if len(letters) > 1:
+        return None
+    if letters:
+        end, letter = max(mentions)
+        return _decide(text, end, letter, options)
+
+    named = _text_groups(text, options)
+    return _letter_of_text(named[0], options) if len(named) == 1 else None
+
+
+# ----------------------------------------------------------------------------------------------- judge
+class LLMJudge:
+    """Asks a local causal LM which option a free-text response chooses; its reply is read by extract_choice.
+
+    For responses the rules leave unparsed. `model_path` is a local directory holding a transformers causal LM
+    and its tokenizer (save_pretrained layout).
+    """
+
+    PROMPT = ("A model answered a multiple-choice question. Decide which option its response chooses.\n"
+              "{question}Options:\n{options}\nResponse: {response}\n"
+              "Reply with the letter of the chosen option only, or 'none' if it chooses none.\nChosen option:")
+    MAX_RESPONSE_CHARS = 4000  # a long chain of thought ends with its answer: keep the end
+
+    def __init__(self, model_path: str | os.PathLike, max_new_tokens: int = 16, device: str | None = None,
+                 dtype: Any = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = str(model_path)
+        self.max_new_tokens = max_new_tokens
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).eval()
+        if device is not None:
+            self.model.to(device)
+        self.last_reply = ""
+
+    def prompt(self, response: str, options: Mapping[str, str], question: str = "") -> str:
+        listed = "\n".join(f"{k}. {v}" for k, v in options.items())
+        return self.PROMPT.format(question=f"Question: {question}\n" if question else "", options=listed,
+                                  response=response[-self.MAX_RESPONSE_CHARS:])
+
+    def reply(self, prompt: str) -> str:
+        import torch
+
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            prompt = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        inputs = tok(prompt, return_tensors="pt").to(self.model.device)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      pad_token_id=pad)
+        return tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def choose(self, response: str, options: Mapping[str, str], question: str = "") -> str | None:
+        self.last_reply = self.reply(self.prompt(response, options, question))
+        return extract_choice(self.last_reply, options)
+
+    __call__ = choose
+
+
+Judge = Callable[[str, Mapping[str, str], str], "str | None"]
+
+
+# ----------------------------------------------------------------------------------------------- responses
+def parse_split_file(value: str) -> tuple[str | None, str]:
+    """'real=path.json' -> ('real', 'path.json'); 'path.json' -> (None, 'path.json')."""
+    m = re.fullmatch(r"([A-Za-z][A-Za-z0-9_\-]*)=(.+)", value)
+    return (m.group(1), m.group(2)) if m else (None, value)
+
+
+def read_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """(line or position, record) from a JSON list or a JSONL file."""
+    path = Path(path)
+    fix = "give a JSON list or JSONL of {\"id\": ..., \"response\": ...}"
+    if not path.is_file():
+        raise BenchmarkFileError(f"{path}: no such file ({fix})")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise BenchmarkFileError(f"{path}: not UTF-8 text ({fix})") from e
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BenchmarkFileError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}) ({fix})") from e
+        return [(i, r) for i, r in enumerate(data)]
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise BenchmarkFileError(f"{path}: line {n}: not valid JSON ({e.msg}) ({fix})") from e
+    return records
+
+
+def read_responses(path: str | os.PathLike, split: str | None) -> list[tuple[QKey, str | None]]:
+    """(split, id) and response text of each record; `split` applies to records without a 'split' field.
+
+    An id is `id`, or for MMWorld `video_id` + `question_index`. Other fields are ignored.
+    """
+    path = Path(path)
+    out = []
+    for n, record in read_records(path):
+        where = f"{path}: record {n}"
+        if not isinstance(record, dict):
+            raise BenchmarkFileError(f"{where}: expected an object, got {type(record).__name__} "
+                                     f"(each record is {{\"id\": ..., \"response\": ...}})")
+        if "id" in record and record["id"] is not None:
+            qid = str(record["id"])
+        elif "video_id" in record and "question_index" in record:
+            try:
+                qid = mmworld_id(str(record["video_id"]), int(record["question_index"]))
+            except (TypeError, ValueError) as e:
+                raise BenchmarkFileError(f"{where}: question_index {record['question_index']!r} is not an integer "
+                                         f"(give the question's position in its video's list, from 0)") from e
+        else:
+            raise BenchmarkFileError(f"{where}: no 'id' (or 'video_id' + 'question_index') field "
+                                     f"(each response names its question)")
+        if "response" not in record:
+            raise BenchmarkFileError(f"{where}: no 'response' field (give the model's text, \"\" if none)")
+        response = record["response"]
+        if response is not None and not isinstance(response, str):
+            raise BenchmarkFileError(f"{where}: 'response' is {type(response).__name__}, expected text")
+        record_split = record.get("split", split)
+        if record_split is None:
+            raise BenchmarkFileError(f"{where}: no 'split' field and the file was given without SPLIT= "
+                                     f"(write --responses SPLIT=FILE)")
+        out.append(((str(record_split), qid), response))
+    return out
+
+
+def collect_responses(files: Iterable[tuple[str | None, str | os.PathLike]],
+                      questions: Mapping[QKey, Question]) -> tuple[dict[QKey, str | None], list[QKey]]:
+    """Responses for known questions and the keys of those that match no question (reported, not fatal)."""
+    responses: dict[QKey, str | None] = {}
+    where: dict[QKey, str] = {}
+    unknown: list[QKey] = []
+    for split, path in files:
+        for key, response in read_responses(path, split):
+            if key in where:
+                raise BenchmarkFileError(f"{path}: second response for {key[0]}/{key[1]} (first in {where[key]}; "
+                                         f"give one response per question)")
+            where[key] = str(path)
+            if key in questions:
+                responses[key] = response
+            else:
+                unknown.append(key)
+    return responses, unknown
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+@dataclass(frozen=True)
+class ScoredItem:
+    question: Question
+    extracted: str | None
+    method: str  # rule | judge | unparsed | missing
+
+    @property
+    def correct(self) -> bool:
+        return self.extracted is not None and self.extracted in self.question.correct_letters
+
+    def to_dict(self) -> dict[str, Any]:
+        q = self.question
+        return {"split": q.split, "id": q.id, "extracted": self.extracted, "answer": q.answer_letter,
+                "correct": self.correct, "method": self.method}
+
+
+def score_responses(questions: Iterable[Question], responses: Mapping[QKey, str | None],
+                    judge: Judge | None = None) -> list[ScoredItem]:
+    """One item per question, in order; a question without a response is 'missing' and wrong."""
+    items = []
+    for q in questions:
+        if q.key not in responses:
+            items.append(ScoredItem(q, None, "missing"))
+            continue
+        response = responses[q.key] or ""
+        letter = extract_choice(response, q.options)
+        method = "rule"
+        if letter is None and judge is not None and response.strip():
+            letter = judge(response, q.options, q.question)
+            method = "judge"
+        items.append(ScoredItem(q, letter, method if letter is not None else "unparsed"))
+    return items
+
+
+def _tally(items: Iterable[ScoredItem]) -> dict[str, Any]:
+    items = list(items)
+    correct = sum(i.correct for i in items)
+    return {"correct": correct, "total": len(items),
+            "accuracy": round(100.0 * correct / len(items), 2) if items else None}
+
+
+def _listing(keys: Iterable[QKey]) -> dict[str, Any]:
+    keys = [list(k) for k in keys]
+    return {"count": len(keys), "ids": keys}
+
+
+def summarize(benchmark: str, items: list[ScoredItem], unknown_ids: Iterable[QKey] = (),
+              videos: VideoReport | None = None) -> dict[str, Any]:
+    """Accuracies in percent (2 decimals) as the papers report them, with counts and every unscored item.
+
+    VLM4D: real_ego, real_exo, real, synthetic_directional, synthetic_fp, synthetic (only for the splits
+    scored) and overall, weighted by question count. MMWorld: overall, by_discipline, by_type and by_flag
+    (accuracy over the questions that have the flag set, as the official evaluation counts them). With
+    `videos`, the video check (present / missing / undecodable) is reported beside the totals.
+    """
+    tallies: dict[str, Any] = {}
+    summary: dict[str, Any] = {"benchmark": benchmark}
+    if benchmark == "vlm4d":
+        for split in VLM4D_SPLITS:
+            in_split = [i for i in items if i.question.split == split]
+            if not in_split:
+                continue
+            for group in VLM4D_GROUPS[split]:
+                tallies[f"{split}_{group}"] = _tally(i for i in in_split if i.question.categories["group"] == group)
+            tallies[split] = _tally(in_split)
+        tallies["overall"] = _tally(items)
+        summary.update({k: v["accuracy"] for k, v in tallies.items()})
+        counts: dict[str, Any] = {k: {"correct": v["correct"], "total": v["total"]} for k, v in tallies.items()}
+    else:
+        overall = _tally(items)
+        by = {"by_discipline": "discipline", "by_type": "type"}
+        nested = {name: {value: _tally(i for i in items if i.question.categories[field] == value)
+                         for value in sorted({i.question.categories[field] for i in items})}
+                  for name, field in by.items()}
+        nested["by_flag"] = {flag: _tally(i for i in items if i.question.flags.get(flag)) for flag in MMWORLD_FLAGS}
+        summary["overall"] = overall["accuracy"]
+        summary.update({name: {k: v["accuracy"] for k, v in group.items()} for name, group in nested.items()})
+        counts = {"overall": {"correct": overall["correct"], "total": overall["total"]}}
+        counts.update({name: {k: {"correct": v["correct"], "total": v["total"]} for k, v in group.items()}
+                       for name, group in nested.items()})
+    summary["counts"] = counts
+    summary["unparsed"] = _listing(i.question.key for i in items if i.method == "unparsed")
+    summary["missing"] = _listing(i.question.key for i in items if i.method == "missing")
+    summary["judged"] = _listing(i.question.key for i in items if i.method == "judge")
+    summary["unknown_ids"] = _listing(unknown_ids)
+    if videos is not None:
+        summary["videos"] = videos.to_dict()
+    return summary
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The summary as markdown tables (accuracy in percent, correct, total)."""
+    counts = summary["counts"]
+    lines = [f"# {summary['benchmark']} results", "", "| | accuracy (%) | correct | total |", "|---|---:|---:|---:|"]
+    if summary["benchmark"] == "vlm4d":
+        for name, c in counts.items():
+            lines.append(f"| {name} | {_fmt(summary[name])} | {c['correct']} | {c['total']} |")
+    else:
+        c = counts["overall"]
+        lines.append(f"| overall | {_fmt(summary['overall'])} | {c['correct']} | {c['total']} |")
+        for group in ("by_discipline", "by_type", "by_flag"):
+            lines += ["", f"| {group.replace('_', ' ')} | accuracy (%) | correct | total |", "|---|---:|---:|---:|"]
+            for name, c in counts[group].items():
+                lines.append(f"| {name} | {_fmt(summary[group][name])} | {c['correct']} | {c['total']} |")
+    lines += ["", f"- unparsed (counted wrong): {summary['unparsed']['count']}",
+              f"- missing responses (counted wrong): {summary['missing']['count']}",
+              f"- decided by the judge: {summary['judged']['count']}",
+              f"- responses for unknown ids (ignored): {summary['unknown_ids']['count']}"]
+    if "videos" in summary:
+        c = summary["videos"]["counts"]
+        lines.append(f"- videos: {c['present']} of {c['questions']} questions have one; {c['missing']} missing, "
+                     f"{c['undecodable']} undecodable")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def evalai_submission(items: Iterable[ScoredItem]) -> dict[str, dict[str, str | None]]:
+    """MMWorld answers as {video_id: {question_index: letter or null}}, every question listed.
+
+    The official EvalAI format is not published in the benchmark's repository; this layout mirrors
+    mmworld.json (videos, then their questions in order) and is documented in launch/evaluate.py.
+    """
+    out: dict[str, dict[str, str | None]] = {}
+    for item in items:
+        q = item.question
+        out.setdefault(q.video, {})[q.id[len(q.video) + 1:]] = item.extracted  # id is f"{video_id}_{index}"
+    return out

@@ -1,0 +1,163 @@
+"""Answer extraction rules, the LLM judge on a tiny locally built causal LM, and scoring with a judge."""
+
+import json
+
+import pytest
+import torch
+
+from datamodules.benchmarks.answers import LLMJudge, extract_choice, score_responses, summarize
+from datamodules.benchmarks.questions import Question
+from launch import evaluate
+
+torch.set_num_threads(1)
+
+DIRECTIONS = {"A": "right", "B": "left", "C": "not moving", "D": "towards the camera"}
+MMWORLD = {"a": "The reason might be to imply the practical uses of Atlas in a commercial setting",
+           "b": "To show how professional engineers can be forgetful sometimes",
+           "c": "The engineer is controlling the robot manually",
+           "d": "The engineer is instructing Atlas to build a house"}
+NESTED = {"A": "left", "B": "left and towards the camera", "C": "right", "D": "not moving"}
+
+COT = ("Option A would mean the car moves right and option C that it stays still. Across the frames the car "
+       "drifts towards the left edge.\nThe final answer is: B")
+
+CASES = [
+    # letters in the usual formats
+    ("B", DIRECTIONS, "B"),
+    ("(B)", DIRECTIONS, "B"),
+    ("B.", DIRECTIONS, "B"),
+    ("B: left", DIRECTIONS, "B"),
+    ("B) left", DIRECTIONS, "B"),
+    ("**B**", DIRECTIONS, "B"),
+    ("Option D", DIRECTIONS, "D"),
+    ("The answer is B", DIRECTIONS, "B"),
+    ("The answer is B.", DIRECTIONS, "B"),
+    ("Final Answer: **C**", DIRECTIONS, "C"),
+    ("The correct option is D because it comes closer.", DIRECTIONS, "D"),
+    ("I choose C", DIRECTIONS, "C"),
+    ("A is correct", DIRECTIONS, "A"),
+    ("C\nExplanation: the person walks left while the car stays", DIRECTIONS, "C"),
+    # chain of thought: the final statement wins over earlier mentions and statements
+    (COT, DIRECTIONS, "B"),
+    ("At first glance the answer is A. Looking again at the last frames, the final answer is: B", DIRECTIONS, "B"),
+    # lower-case letters and MMWorld's a-d keys: returned in the keys' case
+    ("b", DIRECTIONS, "B"),
+    ("B", MMWORLD, "b"),
+    ("(c)", MMWORLD, "c"),
+    ("The answer is d", MMWORLD, "d"),
+    ("a", MMWORLD, "a"),
+    ("the answer is a.", MMWORLD, "a"),
+    # an option's text without its letter
+    ("left", DIRECTIONS, "B"),
+    ("The car is moving to the LEFT.", DIRECTIONS, "B"),
+    ("It is not moving at all", DIRECTIONS, "C"),
+    ("Answer: not moving", DIRECTIONS, "C"),
+    ("To show how professional engineers can be forgetful sometimes.", MMWORLD, "b"),
+    ("left and towards the camera", NESTED, "B"),  # "left" inside the longer option does not count
+    # traps
+    ("A man is walking left", DIRECTIONS, "B"),  # "A" is an article; the text names B
+    ("A man is walking", DIRECTIONS, None),
+    ("a man is here", MMWORLD, None),
+    ("The answer is a person", MMWORLD, None),
+    ("A or B", DIRECTIONS, None),
+    ("The answer is A or B", DIRECTIONS, None),
+    ("Both B and C look plausible", DIRECTIONS, None),
+    ("B. The car moves right.", DIRECTIONS, None),  # letter B, text of A
+    ("The answer is B (right)", DIRECTIONS, None),
+    ("It moves left, then right", DIRECTIONS, None),
+    ("The answer is E", DIRECTIONS, None),
+    ("The answer is not A", DIRECTIONS, None),
+    ("B, not A", DIRECTIONS, "B"),
+    ("It isn't (A); the answer is B and a car confirms it", DIRECTIONS, "B"),
+    ("A right turn is made", DIRECTIONS, "A"),  # no letter: "right" is the text of A
+    ("", DIRECTIONS, None),
+    ("   \n", DIRECTIONS, None),
+    (None, DIRECTIONS, None),
+]
+
+
+@pytest.mark.parametrize("response, options, expected", CASES)
+def test_extract_choice(response, options, expected):
+    assert extract_choice(response, options) == expected
+
+
+# ------------------------------------------------------------------------------------------- judge
+def build_tiny_judge(directory, always: str | None = None):
+    """A 1-layer GPT-2 with a word-level tokenizer, saved locally; `always` forces every generated token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["[UNK]", "[PAD]", "[EOS]", "A", "B", "C", "D", "a", "b", "c", "d", "none", "option", "the", "is",
+             "answer", "Response", "Options", "Question", "Chosen", ":", ".", "left", "right", "moving", "not"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                     pre_tokenizers.Punctuation()])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                        eos_token="[EOS]", model_max_length=512)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words), n_positions=512, n_embd=16, n_layer=1, n_head=2,
+                                       bos_token_id=2, eos_token_id=2, pad_token_id=1))
+    if always is not None:  # constant final hidden state aligned with one (tied) embedding row
+        with torch.no_grad():
+            direction = torch.randn(16)
+            model.transformer.ln_f.weight.zero_()
+            model.transformer.ln_f.bias.copy_(direction)
+            model.transformer.wte.weight[words.index(always)] = 10 * direction
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_llm_judge_runs_on_a_random_tiny_model(tmp_path):
+    judge = LLMJudge(build_tiny_judge(tmp_path / "random"), max_new_tokens=4)
+    for response in ["I think it goes somewhere", "", "B or C", "x" * 10000]:
+        letter = judge(response, DIRECTIONS, "Where does the car go?")
+        assert letter in (None, *DIRECTIONS) and isinstance(judge.last_reply, str)
+        assert letter == extract_choice(judge.last_reply, DIRECTIONS)  # the reply is read by the same rules
+    prompt = judge.prompt("the end of a long response" + "y" * 9000, DIRECTIONS, "Where?")
+    assert "B. left" in prompt and "Question: Where?" in prompt and len(prompt) < 4600
+
+
+def test_llm_judge_reply_decides_the_letter(tmp_path):
+    judge = LLMJudge(build_tiny_judge(tmp_path / "says_b", always="B"), max_new_tokens=3)
+    assert judge("no letter here", DIRECTIONS) == "B"
+    assert judge("no letter here", MMWORLD) == "b"
+
+
+def test_score_uses_the_judge_only_for_unparsed_responses(tmp_path):
+    questions = [Question("vlm4d", "synthetic", f"validation_{i}", "v.mp4", "Where?", DIRECTIONS, "B", "left",
+                          ("B",), {"question_type": "multiple-choice", "group": "directional"}) for i in (1, 2, 3)]
+    calls = []
+
+    def judge(response, options, question):
+        calls.append(response)
+        return "B"
+
+    responses = {("synthetic", "validation_1"): "A", ("synthetic", "validation_2"): "hard to say"}
+    items = score_responses(questions, responses, judge=judge)
+    assert [(i.extracted, i.method, i.correct) for i in items] == [("A", "rule", False), ("B", "judge", True),
+                                                                   (None, "missing", False)]
+    assert calls == ["hard to say"]
+    summary = summarize("vlm4d", items)
+    assert summary["judged"] == {"count": 1, "ids": [["synthetic", "validation_2"]]}
+    assert summary["synthetic"] == 33.33 and summary["missing"]["count"] == 1
+
+
+def test_score_cli_with_judge(tmp_path, capsys):
+    model = build_tiny_judge(tmp_path / "says_b", always="B")
+    questions = tmp_path / "synthetic_mc.json"
+    questions.write_text(json.dumps([{"id": "validation_1", "video": "videos_synthetic/s.mp4", "question": "Where?",
+                                      "question_type": "multiple-choice", "choices": DIRECTIONS, "answer": "left"}]))
+    responses = tmp_path / "responses.jsonl"
+    responses.write_text(json.dumps({"id": "validation_1", "response": "hard to say"}) + "\n")
+    out = tmp_path / "out"
+    assert evaluate.main(["score", "--benchmark", "vlm4d", "--questions", str(questions), "--responses",
+                          str(responses), "--out", str(out), "--judge", str(model)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["synthetic"] == 100.0 and summary["judged"]["count"] == 1 and summary["unparsed"]["count"] == 0
+    assert json.loads((out / "items.jsonl").read_text())["method"] == "judge"
+    capsys.readouterr()  # transformers' progress bars
+    assert evaluate.main(["score", "--benchmark", "vlm4d", "--questions", str(questions), "--responses",
+                          str(responses), "--out", str(out), "--judge", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"evaluate.py: --judge {tmp_path / 'nothing'}: no such directory") and err.count("\n") == 1
