@@ -168,3 +168,24 @@ def test_bad_task_data_gives_clear_errors(tasks, tmp_path):
     m = CPLModule(clip={"pretrained": str(tasks["clip"])}, variant="coop", class_specific_contexts=True)
     with pytest.raises(ValueError, match="class_specific_contexts.*false"):
         m.configure_retrieval(["a cat"], {"test": [["a cat"]]})
+
+
+@pytest.mark.parametrize("variant", ["coop", "cocoop"])
+def test_vqa_step_prompts_each_question_with_every_answer(tasks, variant):
+    m = CPLModule(clip={"pretrained": str(tasks["clip"])}, variant=variant, cache_image_features=False)
+    answers = ["red", "blue", "yes"]
+    m.configure_vqa(answers, "question: {question} answer: {answer}", ["question: what color? answer: red"],
+                    ["test"])
+    m.log = m.log_dict = lambda *a, **k: None
+    batch = {"pixel_values": torch.randn(2, 3, 16, 16), "question": ["what color?", "is it red?"],
+             "cls": torch.tensor([0, 2]), "__key__": ["a", "b"]}
+    v = m.image_features(batch, use_cache=False)
+    text, labels, own = m.training_targets(batch, v)
+    assert text.shape[:2] == (2, 3) and own == ["question: what color? answer: red", "question: is it red? answer: yes"]
+    assert m.prompts.class_names[3:] == [f"question: is it red? answer: {a}" for a in answers]  # question 2's block
+    loss = m.training_step(batch, 0)
+    loss.backward()
+    assert m.prompts.ctx.grad is not None and m.prompts.ctx.grad.abs().sum() > 0
+    assert all(p.grad is None for p in m.clip.parameters())
+    with pytest.raises(ValueError, match="outside the answer vocabulary"):
+        m.training_step({**batch, "cls": torch.tensor([0, -1])}, 0)
