@@ -1,4 +1,19 @@
-"""Benchmark evaluation: `python launch/evaluate.py score --benchmark vlm4d|mmworld ...`.
+"""Benchmark evaluation: `python launch/evaluate.py run --config FILE [key=value ...]` or `... score ...`.
+
+run     answers a benchmark's questions with a model and scores them, from a YAML config
+        (configs/benchmarks/*.yaml; `base:` files and key=value overrides as in fit.py):
+          benchmark: {name: vlm4d|mmworld, questions: {SPLIT: FILE, ...}, video_root: DIR,
+                      num_frames: 8, fps: null, max_frames: null, frame_cache: DIR|null, limit: null}
+          model:     {target: a responder class, params: {...}}  (datamodules/benchmarks/responders.py:
+                      TransformersVLM, ResponsesFile; or datamodules.benchmarks.clip_scorer.ClipScorer)
+          judge:     null | {model_path: DIR, max_new_tokens: 16}
+          out:       DIR
+        Frames are num_frames uniformly spaced, or (num_frames: null) fps per second thinned to max_frames.
+        limit takes the first N questions. Answers are appended to OUT/responses.jsonl batch by batch: after
+        Ctrl-C, SIGTERM or a crash the same command resumes where it stopped. Then OUT/items.jsonl,
+        summary.json, summary.md (and evalai_submission.json for MMWorld) are written as by `score`.
+        The whole config is checked first; every problem is printed, one line each, exit code 2.
+        --dry-run: check and print the resolved config only.
 
 score   reads the benchmark's question files and model responses produced elsewhere (a JSON list or JSONL of
         {"id": ..., "response": ...}; for MMWorld "id" is f"{video_id}_{question index}", or give "video_id" and
@@ -12,26 +27,30 @@ score   reads the benchmark's question files and model responses produced elsewh
 Files are given as SPLIT=FILE (VLM4D splits: real, synthetic; a released file name tells its split, so a bare
 FILE works too) and keyed by (split, id): VLM4D ids repeat across real and synthetic.
 
-Usage errors print one line naming the file or argument and exit with code 2; nothing is written then.
+Usage errors print one line naming the file or argument (run: one line per config problem) and exit with
+code 2; nothing is written then.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from datamodules.benchmarks.answers import (LLMJudge, collect_responses, evalai_submission,  # noqa: E402
-                                            parse_split_file, score_responses, summarize, summary_markdown)
+from datamodules.benchmarks.answers import LLMJudge  # noqa: E402
 from datamodules.benchmarks.questions import (BENCHMARKS, MMWORLD_SPLIT, VLM4D_SPLITS,  # noqa: E402
                                               BenchmarkFileError, Question, index_questions, load_questions,
                                               vlm4d_split_of)
+from datamodules.benchmarks.scoring import (collect_responses, parse_split_file, score_responses,  # noqa: E402
+                                            summarize, write_outputs)
+from launch import config as configs  # noqa: E402
 
 PROG = "evaluate.py"
 
@@ -62,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--judge-max-new-tokens", type=int, default=16, metavar="N")
     score.add_argument("--evalai", type=Path, metavar="FILE",
                        help="mmworld: where to write the EvalAI submission (default OUT/evalai_submission.json)")
+    run = commands.add_parser("run", help="answer a benchmark with a model, then score (resumable)",
+                              description="Answer a benchmark's questions with a model from a config, then score.")
+    run.add_argument("--config", required=True, metavar="FILE", help="benchmark YAML (configs/benchmarks/)")
+    run.add_argument("--dry-run", action="store_true", help="check the config and print it; run nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
+    run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
     return parser
 
 
@@ -95,19 +120,6 @@ def response_files(values: list[str], splits: list[str]) -> list[tuple[str | Non
     return files
 
 
-def write_outputs(out: Path, items: list, summary: dict, evalai: Path | None, submission: dict | None) -> None:
-    # launch.runs imports lightning (seconds): only once there is something to write
-    from launch.runs import atomic_write_text
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "items.jsonl", "".join(json.dumps(i.to_dict()) + "\n" for i in items))
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "summary.md", summary_markdown(summary))
-    if submission is not None:
-        evalai.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(evalai, json.dumps(submission, indent=1) + "\n")
-
-
 def run_score(args: argparse.Namespace) -> dict:
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a directory (choose a directory)")
@@ -134,19 +146,274 @@ def run_score(args: argparse.Namespace) -> dict:
                              f"({str(e).splitlines()[0]})") from e
     items = score_responses(questions, responses, judge=judge)
     summary = summarize(args.benchmark, items, unknown)
-    evalai = submission = None
-    if args.benchmark == "mmworld":
-        evalai = args.evalai or args.out / "evalai_submission.json"
-        submission = evalai_submission(items)
-    write_outputs(args.out, items, summary, evalai, submission)
+    write_outputs(args.out, items, summary, args.evalai)
     return summary
+
+
+# ----------------------------------------------------------------------------------------------- run
+RUN_SECTIONS = ("benchmark", "model", "judge", "out")
+FINGERPRINT_IGNORES = ("batch_size", "device")  # responder params that do not change the answers
+
+
+@dataclass
+class BenchmarkSettings:
+    """The `benchmark` section of a run config."""
+
+    name: Literal["vlm4d", "mmworld"]
+    questions: dict[str, str]  # split -> question file
+    video_root: str | None = None
+    num_frames: int | None = 8
+    fps: float | None = None
+    max_frames: int | None = None
+    frame_cache: str | None = None
+    limit: int | None = None
+
+    def problems(self, check_files: bool = True, needs_frames: bool = True) -> list[tuple[str, str]]:
+        found = []
+        if not self.questions:
+            found.append(("questions", "give at least one question file as SPLIT: FILE"))
+        if self.name == "vlm4d":
+            for split in self.questions:
+                if split not in VLM4D_SPLITS:
+                    found.append((f"questions.{split}", f"VLM4D splits are {' and '.join(VLM4D_SPLITS)} "
+                                                        f"(real: real_mc.json, synthetic: synthetic_mc.json)"))
+        elif len(self.questions) > 1:
+            found.append(("questions", f"MMWorld has one question file (write {MMWORLD_SPLIT}: mmworld.json)"))
+        if check_files:
+            for split, path in self.questions.items():
+                if not Path(path).is_file():
+                    found.append((f"questions.{split}", f"no such file: {path} (where to get the question files: "
+                                                        f"configs/benchmarks/base/*.yaml)"))
+        if needs_frames:
+            if self.video_root is None:
+                found.append(("video_root", "the model answers from video frames: give the directory of the videos"))
+            elif check_files and not Path(self.video_root).is_dir():
+                found.append(("video_root", f"no such directory: {self.video_root} (give the directory holding "
+                                            f"the benchmark's videos)"))
+        if self.num_frames is None and self.fps is None:
+            found.append(("num_frames", "give num_frames (frames per video) or fps (frames per second)"))
+        elif self.num_frames is not None and self.fps is not None:
+            found.append(("fps", "give num_frames or fps, not both (num_frames: null samples by fps)"))
+        if self.num_frames is not None and self.num_frames < 1:
+            found.append(("num_frames", f"must be >= 1, got {self.num_frames}"))
+        if self.fps is not None and not self.fps > 0:
+            found.append(("fps", f"must be > 0, got {self.fps}"))
+        if self.max_frames is not None:
+            if self.max_frames < 1:
+                found.append(("max_frames", f"must be >= 1, got {self.max_frames}"))
+            elif self.fps is None:
+                found.append(("max_frames", "thins fps sampling only: with num_frames leave it null"))
+        if self.limit is not None and self.limit < 1:
+            found.append(("limit", f"must be >= 1 or null (all questions), got {self.limit}"))
+        if check_files and self.frame_cache is not None and Path(self.frame_cache).exists() \
+                and not Path(self.frame_cache).is_dir():
+            found.append(("frame_cache", f"{self.frame_cache} exists and is not a directory"))
+        return found
+
+
+@dataclass
+class JudgeSettings:
+    """The `judge` section: a local causal LM asked about the responses the rules cannot parse."""
+
+    model_path: str
+    max_new_tokens: int = 16
+
+    def problems(self, check_files: bool = True) -> list[tuple[str, str]]:
+        found = []
+        if check_files and not Path(self.model_path).is_dir():
+            found.append(("model_path", f"no such directory: {self.model_path} (give a local directory holding a "
+                                        f"transformers causal LM and its tokenizer)"))
+        if self.max_new_tokens < 1:
+            found.append(("max_new_tokens", f"must be >= 1, got {self.max_new_tokens}"))
+        return found
+
+
+def _settings(cls: type, key: str, loaded: configs.LoadedConfig, issues: list, **problem_kwargs: Any):
+    """A settings section: keys and types first (from the dataclass signature), then its values."""
+    from omegaconf import OmegaConf
+
+    section = loaded.cfg.get(key)
+    if not hasattr(section, "keys"):
+        issues.append(configs.ConfigIssue(loaded.source_of(key), key, f"must be a mapping ({cls.__doc__.strip()})"))
+        return None
+    before = len(issues)
+    configs.check_params(cls, section, key, loaded, issues)
+    if len(issues) > before:
+        return None
+    settings = cls(**OmegaConf.to_container(section, resolve=True))
+    issues += [configs.ConfigIssue(loaded.source_of(f"{key}.{name}"), f"{key}.{name}", message)
+               for name, message in settings.problems(**problem_kwargs)]
+    return settings
+
+
+def _responder_class(loaded: configs.LoadedConfig, issues: list) -> tuple[Any, bool]:
+    """Check the `model` section (target + params); its class (None if it cannot be imported) and whether the
+    params passed the checks."""
+    node = loaded.cfg.get("model")
+    if node is None:
+        issues.append(configs.ConfigIssue(str(loaded.path), "model", "missing section (target + params of a "
+                                                                      "responder, e.g. TransformersVLM)"))
+        return None, False
+    if not configs.is_target_node(node):
+        issues.append(configs.ConfigIssue(loaded.source_of("model"), "model", "must be target + params"))
+        return None, False
+    before = len(issues)
+    configs.check_target_node(node, "model", loaded, issues)
+    cls = configs.resolve_target(node.get("target"), "model.target", loaded.source_of("model.target"), [])
+    if cls is not None and not callable(getattr(cls, "respond", None)):
+        issues.append(configs.ConfigIssue(loaded.source_of("model.target"), "model.target",
+                                          f"'{node.target}' is not a responder (no respond(questions, frames))"))
+        return None, False
+    return cls, len(issues) == before
+
+
+def check_run_config(loaded: configs.LoadedConfig, check_files: bool = True) -> None:
+    """Every problem of a run config at once (UsageError, one line each); builds nothing heavy.
+
+    With check_files=False the files and directories it names are not looked at (shipped configs in tests)."""
+    from omegaconf import OmegaConf
+
+    issues: list[configs.ConfigIssue] = []
+    cfg = loaded.cfg
+    for section in cfg.keys():
+        if section not in RUN_SECTIONS:
+            issues.append(configs.ConfigIssue(loaded.source_of(str(section)), str(section),
+                                              f"unknown section{configs.did_you_mean(str(section), RUN_SECTIONS)}; "
+                                              f"sections are {', '.join(RUN_SECTIONS)}"))
+    cls, params_ok = _responder_class(loaded, issues)
+    if params_ok and hasattr(cls, "config_problems"):
+        params = OmegaConf.to_container(cfg.model.get("params") or {}, resolve=True)
+        issues += [configs.ConfigIssue(loaded.source_of(f"model.params.{name}"), f"model.params.{name}", message)
+                   for name, message in cls.config_problems(params, check_files=check_files)]
+    needs_frames = bool(getattr(cls, "needs_frames", True)) if cls is not None else False
+    if cfg.get("benchmark") is None:
+        issues.append(configs.ConfigIssue(str(loaded.path), "benchmark",
+                                          "missing section (name, questions, video_root, ...)"))
+        settings = None
+    else:
+        settings = _settings(BenchmarkSettings, "benchmark", loaded, issues, check_files=check_files,
+                             needs_frames=needs_frames)
+    if cfg.get("judge") is not None:
+        _settings(JudgeSettings, "judge", loaded, issues, check_files=check_files)
+    out = cfg.get("out")
+    if out is None:
+        issues.append(configs.ConfigIssue(str(loaded.path), "out", "missing key (the directory for the results)"))
+    elif not isinstance(out, str):
+        issues.append(configs.ConfigIssue(loaded.source_of("out"), "out", f"expected a directory path, got {out!r}"))
+    elif check_files and Path(out).exists() and not Path(out).is_dir():
+        issues.append(configs.ConfigIssue(loaded.source_of("out"), "out", f"{out} exists and is not a directory"))
+    if settings is not None and check_files and not issues:
+        for split, path in settings.questions.items():
+            try:
+                load_questions(settings.name, path, split)
+            except BenchmarkFileError as e:
+                issues.append(configs.ConfigIssue(loaded.source_of(f"benchmark.questions.{split}"),
+                                                  f"benchmark.questions.{split}", str(e).splitlines()[0]))
+    if issues:
+        raise configs.UsageError([str(i) for i in issues])
+
+
+def _fingerprint(model: dict) -> dict:
+    params = {k: v for k, v in (model.get("params") or {}).items() if k not in FINGERPRINT_IGNORES}
+    return {"target": model.get("target"), "params": params}
+
+
+def run_config(loaded: configs.LoadedConfig, progress: bool = True) -> dict:
+    """Answer and score the benchmark of a checked config; returns the summary."""
+    from omegaconf import OmegaConf
+
+    from datamodules.benchmarks.frames import Sampling
+    from datamodules.benchmarks.responders import ResponderError
+    from datamodules.benchmarks.runner import check_run_info, describe_run, run_benchmark
+
+    cfg = OmegaConf.to_container(loaded.cfg, resolve=True)
+    settings = BenchmarkSettings(**cfg["benchmark"])
+    questions: list[Question] = []
+    for split, path in settings.questions.items():
+        questions += load_questions(settings.name, path, split)
+    if settings.limit is not None:
+        questions = questions[:settings.limit]
+    # an output directory of other settings is refused before the model is loaded
+    cls = configs.resolve_target(cfg["model"]["target"], "model.target", str(loaded.path), [])
+    sampling = Sampling(settings.num_frames, settings.fps, settings.max_frames) \
+        if getattr(cls, "needs_frames", True) else None
+    Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
+    check_run_info(Path(cfg["out"]), describe_run(settings.name, sampling, _fingerprint(cfg["model"])))
+
+    def usage(key: str, error: Exception) -> configs.UsageError:
+        return configs.UsageError([str(configs.ConfigIssue(loaded.source_of(key), key, str(error).splitlines()[0]))])
+
+    try:
+        responder = configs.instantiate(cfg["model"])
+    except (ValueError, ResponderError, BenchmarkFileError, OSError) as e:
+        raise usage("model.params", e) from e
+    judge = None
+    if cfg.get("judge"):
+        try:
+            judge = LLMJudge(**cfg["judge"])
+        except (OSError, ValueError) as e:
+            raise usage("judge.model_path", e) from e
+    return run_benchmark(questions, responder, settings.video_root, cfg["out"], num_frames=settings.num_frames,
+                         fps=settings.fps, max_frames=settings.max_frames, frame_cache=settings.frame_cache,
+                         progress=progress, judge=judge, run_info=_fingerprint(cfg["model"]))
+
+
+def _interrupt_on_sigterm() -> Any:
+    """SIGTERM (scancel, preemption) raises KeyboardInterrupt like Ctrl-C; returns the previous handler."""
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from omegaconf import OmegaConf
+
+    from datamodules.benchmarks.responders import ResponderError
+    from datamodules.benchmarks.runner import RunInterrupted
+
+    loaded = configs.load_config(args.config, args.overrides)
+    check_run_config(loaded)
+    if args.dry_run:
+        print(OmegaConf.to_yaml(loaded.cfg).rstrip())
+        return 0
+    previous = _interrupt_on_sigterm()
+    try:
+        summary = run_config(loaded, progress=not args.no_progress)
+    except RunInterrupted as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {loaded.cfg.out}/responses.jsonl keeps every finished batch: run the same "
+              f"command again to resume", file=sys.stderr)
+        return 130
+    except ResponderError as e:
+        print(f"{PROG}: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    run = summary["run"]
+    print(f"{summary['benchmark']}: overall {summary['overall']}% over {summary['counts']['overall']['total']} "
+          f"questions ({run['generated_now']} answered now, {run['reused']} from before); "
+          f"unparsed {summary['unparsed']['count']}, missing {summary['missing']['count']}; wrote {loaded.cfg.out}")
+    if "videos" in summary:
+        c = summary["videos"]["counts"]
+        print(f"videos: {c['present']} of {c['questions']} questions have one; {c['missing']} missing, "
+              f"{c['undecodable']} undecodable (listed in summary.json)")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return run_command(args)
         summary = run_score(args)
+    except configs.UsageError as e:
+        for line in e.lines:
+            print(line, file=sys.stderr)
+        return 2
     except (UsageError, BenchmarkFileError) as e:
         print(f"{PROG}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from datamodules.benchmarks.answers import LLMJudge, extract_choice, score_responses, summarize
+from datamodules.benchmarks.answers import LLMJudge, extract_choice
+from datamodules.benchmarks.scoring import score_responses, summarize
 from datamodules.benchmarks.questions import Question
 from launch import evaluate
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from datamodules.benchmarks import frames
-from datamodules.benchmarks.answers import score_responses, summarize, summary_markdown
+from datamodules.benchmarks.scoring import score_responses, summarize, summary_markdown
 from datamodules.benchmarks.frames import VideoDecodeError, sample_frames, uniform_indices
 from datamodules.benchmarks.questions import (BenchmarkFileError, check_videos, index_questions, load_mmworld,
                                               load_questions, load_vlm4d, resolve_video)

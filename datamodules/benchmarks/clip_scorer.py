@@ -1,0 +1,229 @@
+"""Multiple choice by CLIP similarity: the option whose text is nearest the video's frames (DESIGN.md, Benchmarks).
+
+A video's feature is the mean of its frames' normalised CLIP image features (CLIP preprocessing: shorter side
+resized to the encoder's input size, centre crop, CLIP mean/std), normalised again; each option is the text
+`template.format(question=..., option=...)`, and the response is the letter of the option with the highest cosine
+similarity.
+
+The CLIP is any transformers CLIP checkpoint (HF id or local directory with its tokenizer), or a prompt-learning
+model: a CPL / CoOp / CoCoOp Lightning checkpoint (`cpl_checkpoint`), whose learned prompt learner encodes the option
+texts (its meta-net conditioned on the video feature). That checkpoint is read by lightning_modules.cpl, imported
+only when one is given: this module knows the prompt learner only as an object with `set_classes`, `n_ctx`,
+`meta_net` and `forward(image_features, rows_per_image=R)`. `ClipScorer.from_module` wraps an in-memory CLIP and
+prompt learner (a LightningModule's `benchmark_responder()`), without taking them over.
+
+Every question is scored on its own (its video's frames in fixed chunks, its option texts in one pass), so an
+answer never depends on which other questions share a call -- sharded and single-process evaluations agree.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datamodules.benchmarks.questions import Question
+from datamodules.transforms import center_crop, normalize, resize_shorter
+
+DEFAULT_TEMPLATE = "{question} {option}"
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    """transformers 4.x returns the projected features, 5.x an output object holding them as pooler_output."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class HFClip(nn.Module):
+    """A transformers CLIPModel and its tokenizer, frozen, with the encoder interface ClipScorer uses."""
+
+    def __init__(self, pretrained: str):
+        super().__init__()
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.model = CLIPModel.from_pretrained(pretrained).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.vision_config.image_size
+
+    @property
+    def max_length(self) -> int:
+        return self.model.config.text_config.max_position_embeddings
+
+    def token_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _pooled(self.model.get_image_features(pixel_values=pixel_values))
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.model.logit_scale.device)
+        return _pooled(self.model.get_text_features(input_ids=tokens["input_ids"],
+                                                    attention_mask=tokens["attention_mask"]))
+
+
+def _raise_problems(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise ValueError("ClipScorer: " + "; ".join(f"{name}: {message}" for name, message in problems))
+
+
+def _first_parameter(module: nn.Module) -> torch.Tensor:
+    return next(iter(module.parameters()))
+
+
+class ClipScorer:
+    """Responder (see responders.py): `respond(questions, frames)` -> option letters, e.g. ["B", "a"].
+
+    pretrained: HF id or local directory of a CLIP (model + tokenizer).
+    cpl_checkpoint: a Lightning checkpoint of lightning_modules.cpl.CPLModule; its CLIP is the one its
+        hyper-parameters name, unless `pretrained` is given too (the same CLIP, found elsewhere).
+    template: each option's text; {question} and {option} are filled in. When a text is longer than the text
+        encoder's positions, leading words of the question are dropped (never the option, which is what differs).
+    batch_size: frames per image-encoder pass (a video's frames are split into fixed chunks).
+    device: where the model runs (default: cuda if available, else cpu).
+    """
+
+    needs_frames = True
+
+    def __init__(self, pretrained: str | None = None, cpl_checkpoint: str | None = None,
+                 template: str = DEFAULT_TEMPLATE, batch_size: int = 8, device: str | None = None):
+        _raise_problems(self.config_problems({"pretrained": pretrained, "cpl_checkpoint": cpl_checkpoint,
+                                              "template": template, "batch_size": batch_size}))
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if cpl_checkpoint is not None:
+            # lazily: shared benchmark code must not depend on a method package unless asked to load its checkpoint
+            from lightning_modules.cpl.inference import load_for_inference
+
+            module = load_for_inference(cpl_checkpoint, clip=None if pretrained is None else {"pretrained": pretrained})
+            module.to(target)
+            clip, prompts = module.clip, module.prompts
+        else:
+            clip, prompts = HFClip(pretrained).to(target), None
+        self._configure(clip, prompts, template, batch_size)
+
+    @classmethod
+    def from_module(cls, clip: nn.Module, prompts: nn.Module | None = None, template: str = DEFAULT_TEMPLATE,
+                    batch_size: int = 8) -> "ClipScorer":
+        """Score with an in-memory CLIP (lightning_modules.cpl FrozenCLIP or HFClip) and, optionally, a prompt
+        learner; both stay where they are (device, mode) and the prompt learner's classes are restored after
+        every call."""
+        scorer = cls.__new__(cls)
+        scorer._configure(clip, prompts, template, batch_size)
+        return scorer
+
+    @classmethod
+    def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """(param, message) for every value that cannot work, without loading anything (launch/evaluate.py)."""
+        problems = []
+        pretrained, checkpoint = params.get("pretrained"), params.get("cpl_checkpoint")
+        if pretrained is None and checkpoint is None:
+            problems.append(("pretrained", "give a CLIP (HF id or directory) or cpl_checkpoint"))
+        if checkpoint is not None and check_files and not Path(checkpoint).is_file():
+            problems.append(("cpl_checkpoint", f"{checkpoint}: no such file (a CPL/CoOp/CoCoOp Lightning checkpoint)"))
+        template = params.get("template", DEFAULT_TEMPLATE)
+        if not isinstance(template, str) or "{option}" not in template:
+            problems.append(("template", f"{template!r} has no {{option}} field"))
+        else:
+            try:
+                template.format(question="q", option="o")
+            except (KeyError, IndexError, ValueError) as e:
+                problems.append(("template", f"{template!r}: only {{question}} and {{option}} can be filled in ({e})"))
+        if params.get("batch_size", 1) < 1:
+            problems.append(("batch_size", f"must be >= 1, got {params['batch_size']}"))
+        return problems
+
+    def _configure(self, clip: nn.Module, prompts: nn.Module | None, template: str, batch_size: int) -> None:
+        _raise_problems(self.config_problems({"pretrained": "in memory", "template": template,
+                                              "batch_size": batch_size}, check_files=False))
+        self.clip, self.prompts, self.template, self.batch_size = clip, prompts, template, batch_size
+        # positions a prompt learner adds around the text: its context vectors and the closing period
+        self._reserved = 0 if prompts is None else prompts.n_ctx + len(clip.token_ids("."))
+
+    # -- texts --------------------------------------------------------------------------------------------------
+    def option_texts(self, question: Question) -> list[str]:
+        """The texts scored for a question's options, in option order, fitted to the text encoder's length."""
+        budget = self.clip.max_length - 2 - self._reserved  # start and end tokens
+
+        def texts(dropped: int) -> list[str]:
+            asked = " ".join(question.question.split()[dropped:])
+            return [self.template.format(question=asked, option=str(text)).strip()
+                    for text in question.options.values()]
+
+        def fits(dropped: int) -> bool:
+            return all(len(self.clip.token_ids(t)) <= budget for t in texts(dropped))
+
+        if "{question}" not in self.template or fits(0):
+            return texts(0)
+        low, high = 1, len(question.question.split())  # fewest leading words to drop (dropping never lengthens)
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle + 1, high)
+        return texts(low)
+
+    # -- features -----------------------------------------------------------------------------------------------
+    def pixels(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 [T, H, W, 3] -> CLIP inputs [T, 3, S, S] (resize shorter side, centre crop, CLIP mean/std)."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+            raise ValueError(f"frames must be uint8 [T, H, W, 3] with T >= 1, got shape {frames.shape}")
+        size = self.clip.image_size
+        images = torch.tensor(np.asarray(frames, dtype=np.uint8)).permute(0, 3, 1, 2)
+        return normalize(center_crop(resize_shorter(images, size), size))
+
+    def video_feature(self, frames: np.ndarray) -> torch.Tensor:
+        """[D]: the normalised mean of the frames' normalised image features."""
+        weight = _first_parameter(self.clip)
+        pixels = self.pixels(frames)
+        features = torch.cat([self.clip.encode_image(chunk.to(weight.device, weight.dtype)).float()
+                              for chunk in pixels.split(self.batch_size)])
+        return F.normalize(F.normalize(features, dim=-1).mean(0), dim=0)
+
+    def text_features(self, texts: list[str], video: torch.Tensor) -> torch.Tensor:
+        """[options, D] features of a question's option texts (prompts set by the caller's `_prompting`)."""
+        if self.prompts is None:
+            return self.clip.encode_texts(texts).float()
+        self.prompts.set_classes(texts, unique=False)  # options may repeat a text (MMWorld)
+        if self.prompts.meta_net is None:
+            return self.prompts().float()
+        return self.prompts(video.unsqueeze(0), rows_per_image=len(texts))[0].float()
+
+    @contextmanager
+    def _prompting(self) -> Iterator[None]:
+        """Inside, the prompt learner is re-prompted per question; afterwards it holds its classes again (a training
+        module's validation and training steps rely on them)."""
+        if self.prompts is None:
+            yield
+            return
+        previous = list(self.prompts.class_names)
+        try:
+            yield
+        finally:
+            self.prompts.set_classes(previous, unique=False)
+
+    # -- answers ------------------------------------------------------------------------------------------------
+    def option_scores(self, questions: Sequence[Question], frames: Sequence[np.ndarray]) -> list[dict[str, float]]:
+        """Per question, {letter: cosine similarity of the option's text to the video}."""
+        if len(questions) != len(frames):
+            raise ValueError(f"{len(questions)} questions but {len(frames)} frame arrays")
+        scores = []
+        videos: dict[int, torch.Tensor] = {}  # questions of one video often share its frame array
+        # inference_mode(False): tensors made here (the restored prompts) stay usable by training afterwards
+        with torch.inference_mode(False), torch.no_grad(), self._prompting():
+            for question, array in zip(questions, frames):
+                if id(array) not in videos:
+                    videos[id(array)] = self.video_feature(array)
+                video = videos[id(array)]
+                text = F.normalize(self.text_features(self.option_texts(question), video), dim=-1)
+                similarity = (text @ video.to(text.device)).tolist()
+                scores.append(dict(zip(question.options, similarity)))
+        return scores
+
+    def respond(self, questions: Sequence[Question], frames: Sequence[np.ndarray]) -> list[str]:
+        """The letter of each question's most similar option (the first of equals)."""
+        return [max(s, key=s.get) for s in self.option_scores(questions, frames)]

@@ -1,0 +1,234 @@
+"""What answers benchmark questions: a `Responder` turns questions (and their videos' frames) into response texts.
+
+The runner (runner.py) and the training-time benchmark callback call `respond(questions, frames)`, where
+frames[i] is the uint8 [T, H, W, 3] array of questions[i]'s video (None for a responder with `needs_frames`
+False). A response is the model's text, read afterwards by answers.extract_choice; None means "no answer for
+this question" (a responses file that lacks it) and is scored as missing, never as an answer.
+
+Responders here:
+  ResponsesFile    answers produced elsewhere (a JSON list or JSONL of {"id", "response"[, "split"]}).
+  TransformersVLM  any transformers vision-language model with a processor and a chat template: the frames go in
+                   as one video or as N images, with a direct-letter or a chain-of-thought prompt, greedy decoding.
+
+A responder class may define `config_problems(params, check_files=True) -> [(param, message)]`: checks of its
+config values that `launch/evaluate.py run` reports together with every other config problem.
+
+This module imports no torch / transformers at import time: configs are checked without loading them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from datamodules.benchmarks.questions import QKey, Question
+from datamodules.benchmarks.scoring import read_responses
+
+PROMPTS = ("direct", "cot")
+FRAMES_AS = ("video", "images")
+DEFAULT_MAX_NEW_TOKENS = {"direct": 16, "cot": 512}
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+# Instructions after the question and its options. direct: the letter alone, as the papers' multiple-choice
+# evaluations ask; cot: reasoning first, then a closing sentence answers.extract_choice reads as a final answer.
+DIRECT_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+COT_INSTRUCTION = ("Think step by step about what the video shows and how things move in it. Then end your reply "
+                   "with a last line of the form 'The final answer is: X', where X is the letter of the correct "
+                   "option.")
+
+
+class ResponderError(RuntimeError):
+    """A responder that cannot be built or run as configured; the message is one line with the fix."""
+
+
+@runtime_checkable
+class Responder(Protocol):
+    needs_frames: bool
+
+    def respond(self, questions: Sequence[Question], frames: Sequence[np.ndarray | None]) -> list[str | None]:
+        ...
+
+
+def question_prompt(question: Question, prompt: str = "direct") -> str:
+    """The user text for one question: the question, its options as 'A. text' lines, then the instruction."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt {prompt!r} is not one of {', '.join(PROMPTS)}")
+    options = "\n".join(f"{letter}. {text}" for letter, text in question.options.items())
+    instruction = DIRECT_INSTRUCTION if prompt == "direct" else COT_INSTRUCTION
+    return f"{question.question.strip()}\n{options}\n{instruction}"
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
+
+
+# ----------------------------------------------------------------------------------------------- file
+class ResponsesFile:
+    """Responses produced elsewhere: a JSON list or JSONL of {"id": ..., "response": ...} (scoring.read_responses
+    layout; `split` applies to records without a "split" field). A question the file does not answer gets None
+    (scored as missing); a null response gets "" (scored as unparsed)."""
+
+    needs_frames = False
+
+    def __init__(self, path: str | os.PathLike, split: str | None = None):
+        self.path = Path(path)
+        self.split = split
+        self.responses: dict[QKey, str] = {}
+        for key, response in read_responses(self.path, split):  # BenchmarkFileError: one line naming the record
+            if key in self.responses:
+                raise ResponderError(f"{self.path}: second response for {key[0]}/{key[1]} "
+                                     f"(give one response per question)")
+            self.responses[key] = response if response is not None else ""
+
+    @classmethod
+    def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        path = params.get("path")
+        if check_files and isinstance(path, str) and not Path(path).is_file():
+            return [("path", f"no such file: {path} (give the JSON / JSONL file of responses)")]
+        return []
+
+    def unknown_ids(self, questions: Sequence[Question]) -> list[QKey]:
+        """Keys of responses that match none of `questions` (reported in the summary)."""
+        known = {q.key for q in questions}
+        return [k for k in self.responses if k not in known]
+
+    def respond(self, questions: Sequence[Question], frames: Sequence[np.ndarray | None] = ()) -> list[str | None]:
+        return [self.responses.get(q.key) for q in questions]
+
+
+# ----------------------------------------------------------------------------------------------- transformers
+class TransformersVLM:
+    """A transformers vision-language model answering with greedy decoding.
+
+    model: a Hub id or a local directory (save_pretrained layout) with the model, its processor and chat template.
+    prompt: "direct" (the option's letter only) or "cot" (step by step, then "The final answer is: X").
+    frames_as: "video" (one video entry: the processor's video processor, which in transformers 5 needs
+        torchvision) or "images" (one image entry per frame, in order).
+    batch_size: questions per generate call (left padding). max_new_tokens: default 16 (direct) / 512 (cot).
+    dtype: auto (the checkpoint's), float32, float16 or bfloat16. device: default cuda when available, else cpu.
+    """
+
+    needs_frames = True
+
+    def __init__(self, model: str, prompt: Literal["direct", "cot"] = "direct",
+                 frames_as: Literal["video", "images"] = "video", batch_size: int = 1,
+                 max_new_tokens: int | None = None, dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
+                 device: str | None = None, trust_remote_code: bool = False):
+        given = {"prompt": prompt, "frames_as": frames_as, "dtype": dtype}
+        problems = [(name, f"{given[name]!r} is not one of {', '.join(allowed)}")
+                    for name, allowed in (("prompt", PROMPTS), ("frames_as", FRAMES_AS), ("dtype", DTYPES))
+                    if given[name] not in allowed]
+        problems += self.config_problems({"model": model, "batch_size": batch_size, "max_new_tokens": max_new_tokens})
+        if problems:
+            raise ValueError("; ".join(f"{name}: {message}" for name, message in problems))
+        import torch
+
+        self.model_name = str(model)
+        self.prompt = prompt
+        self.frames_as = frames_as
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[prompt]
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.processor = self._load_processor(trust_remote_code)
+        self.model = self._load_model(dtype, trust_remote_code).to(self.device).eval()
+        tokenizer = self.tokenizer
+        tokenizer.padding_side = "left"  # generation continues every row at the same (last) position
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if frames_as == "video" and getattr(self.processor, "video_processor", None) is None:
+            raise ResponderError(f"{model}: its processor takes no videos (set frames_as: images)")
+
+    @classmethod
+    def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """Value checks beyond the parameter types (which the config checker verifies from the signature)."""
+        problems = []
+        model = params.get("model")
+        if check_files and isinstance(model, str) and _looks_like_path(model) and not Path(model).expanduser().is_dir():
+            problems.append(("model", f"no such directory: {model} (give a Hub id such as "
+                                      f"Qwen/Qwen2-VL-7B-Instruct or a save_pretrained directory)"))
+        for name in ("batch_size", "max_new_tokens"):
+            value = params.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+                problems.append((name, f"must be >= 1, got {value}"))
+        return problems
+
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
+    def _load_processor(self, trust_remote_code: bool):
+        from transformers import AutoProcessor
+
+        try:
+            return AutoProcessor.from_pretrained(self.model_name, trust_remote_code=trust_remote_code)
+        except ImportError as e:  # e.g. a video processor without torchvision
+            raise ResponderError(f"{self.model_name}: cannot load its processor: {_first_line(e)}") from e
+        except (OSError, ValueError) as e:
+            raise ResponderError(f"{self.model_name}: cannot load a processor ({_first_line(e)})") from e
+
+    def _load_model(self, dtype: str, trust_remote_code: bool):
+        import torch
+        import transformers
+
+        kwargs = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+        names = ("AutoModelForImageTextToText", "AutoModelForVision2Seq")  # the latter: transformers 4
+        auto_classes = [getattr(transformers, name) for name in names if hasattr(transformers, name)]
+        errors = []
+        for auto in auto_classes:
+            try:
+                return auto.from_pretrained(self.model_name, **kwargs)
+            except ValueError as e:  # "Unrecognized configuration class ... for this kind of AutoModel"
+                errors.append(f"{auto.__name__}: {_first_line(e)}")
+            except OSError as e:
+                raise ResponderError(f"{self.model_name}: cannot load the model ({_first_line(e)})") from e
+        raise ResponderError(f"{self.model_name}: not an image-text-to-text model ({'; '.join(errors)})")
+
+    def messages(self, question: Question, num_frames: int) -> list[dict[str, Any]]:
+        """One user turn: the frames (one video entry, or one image entry per frame), then the prompt text."""
+        visual = [{"type": "video"}] if self.frames_as == "video" else [{"type": "image"} for _ in range(num_frames)]
+        text = {"type": "text", "text": question_prompt(question, self.prompt)}
+        return [{"role": "user", "content": [*visual, text]}]
+
+    def render(self, question: Question, num_frames: int) -> str:
+        try:
+            return self.processor.apply_chat_template(self.messages(question, num_frames), add_generation_prompt=True,
+                                                      tokenize=False)
+        except ValueError as e:  # no chat template
+            raise ResponderError(f"{self.model_name}: cannot render a chat prompt ({_first_line(e)})") from e
+
+    def respond(self, questions: Sequence[Question], frames: Sequence[np.ndarray | None]) -> list[str | None]:
+        if len(questions) != len(frames):
+            raise ValueError(f"{len(questions)} questions but {len(frames)} frame arrays")
+        out: list[str | None] = []
+        for start in range(0, len(questions), self.batch_size):
+            out += self._generate(questions[start:start + self.batch_size], frames[start:start + self.batch_size])
+        return out
+
+    def _generate(self, questions: Sequence[Question], frames: Sequence[np.ndarray]) -> list[str]:
+        import torch
+
+        for q, f in zip(questions, frames):
+            if f is None or f.ndim != 4 or f.shape[-1] != 3:
+                raise ValueError(f"{q.split}/{q.id}: frames must be a uint8 [T, H, W, 3] array, got "
+                                 f"{None if f is None else tuple(f.shape)}")
+        texts = [self.render(q, len(f)) for q, f in zip(questions, frames)]
+        if self.frames_as == "video":
+            visual = {"videos": [np.asarray(f) for f in frames], "do_sample_frames": False}  # sampled already
+        else:
+            visual = {"images": [list(f) for f in frames]}
+        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **visual)
+        inputs = inputs.to(device=self.device, dtype=self.model.dtype)
+        tok = self.tokenizer
+        with torch.inference_mode():
+            generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                            pad_token_id=tok.pad_token_id)
+        new = generated[:, inputs["input_ids"].shape[1]:]  # left padding: every prompt ends at the same column
+        return [text.strip() for text in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -1,0 +1,129 @@
+"""A tiny VLM4D-format benchmark on synthetic videos, for tests and demos without the real data.
+
+Each video (PyAV, MPEG-4 part 2: in every FFmpeg build) shows one coloured shape moving left, right, up or down
+across a plain background. Questions mirror the released files (ShijieZhou-UCLA/VLM4D, data/*.json): "What
+direction is the red circle moving?" with the directions as choices, and false-positive questions about a shape
+that is not in the video ("What direction is the blue square moving?", answer "no blue square there"), so both
+synthetic categories (directional, fp) exist. A real_mc-style file asks the same about the same videos with ids on
+both sides of 922, so the real split has exo- and ego-centric questions too. Everything is seeded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamodules.benchmarks.questions import HF_PATH_MARK, VLM4D_EXO_MAX_ID
+
+VIDEO_URL = "https://huggingface.co/datasets/shijiezhou/VLM4D/" + HF_PATH_MARK
+DIRECTIONS = ("left", "right", "up", "down")
+COLORS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
+SHAPES = ("circle", "square", "triangle")
+BACKGROUND = (128, 128, 128)
+FPS = 8
+
+
+def shape_mask(shape: str, size: int, cy: float, cx: float, radius: float) -> np.ndarray:
+    """Boolean [size, size] mask of a shape centred at (cy, cx)."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    dy, dx = y - cy, x - cx
+    if shape == "circle":
+        return dy ** 2 + dx ** 2 <= radius ** 2
+    if shape == "square":
+        return (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
+    # an upward triangle: inside the bounding box, and below both slanted edges
+    return (np.abs(dy) <= radius) & (np.abs(dx) <= (dy + radius) / 2)
+
+
+def moving_shape_frames(shape: str, color: tuple[int, int, int], direction: str, frames: int,
+                        size: int) -> np.ndarray:
+    """uint8 [frames, size, size, 3]: the shape crossing the frame in `direction` (start and end inside it)."""
+    radius = max(size / 8, 1.5)
+    start, end = radius + 1, size - radius - 1
+    video = np.empty((frames, size, size, 3), dtype=np.uint8)
+    for t in range(frames):
+        along = start + (end - start) * t / max(frames - 1, 1)
+        middle = size / 2
+        cy, cx = {"right": (middle, along), "left": (middle, size - along),
+                  "down": (along, middle), "up": (size - along, middle)}[direction]
+        frame = np.empty((size, size, 3), dtype=np.uint8)
+        frame[:] = BACKGROUND
+        frame[shape_mask(shape, size, cy, cx, radius)] = color
+        video[t] = frame
+    return video
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
+    """MPEG-4 (yuv420p, near-lossless quantiser) .mp4 of uint8 [T, H, W, 3] frames; H and W must be even."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.qmin, stream.codec_context.qmax = 1, 2  # colours survive on tiny frames
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _choices(texts: list[str], rng: random.Random) -> dict[str, str]:
+    shuffled = list(texts)
+    rng.shuffle(shuffled)
+    return {letter: text for letter, text in zip("ABCD", shuffled)}
+
+
+def _entry(number: int, video: str, question: str, choices: dict[str, str], answer: str) -> dict[str, Any]:
+    return {"id": f"validation_{number}", "video": VIDEO_URL + video, "question_type": "multiple-choice",
+            "question": question, "choices": choices, "answer": answer}
+
+
+def write_synthetic_vlm4d(out: Path, *, videos: int = 12, frames: int = 8, size: int = 32, seed: int = 0,
+                          real: bool = True) -> dict[str, Any]:
+    """Videos under out/videos/videos_synthetic/, out/synthetic_mc.json and (with `real`) out/real_mc.json.
+
+    Every video gets a directional question; every third video also a false-positive question. Returns
+    {"video_root": str, "questions": {split: str path}, "videos": [relative paths]} -- the arguments a
+    benchmark evaluation takes.
+    """
+    if videos < 1 or frames < 2 or size < 8 or size % 2:
+        raise ValueError(f"need videos >= 1, frames >= 2 and an even size >= 8 (got {videos}, {frames}, {size})")
+    out = Path(out)
+    rng = random.Random(seed)
+    root = out / "videos"
+    synthetic, real_entries, written = [], [], []
+    objects = [(c, s) for c in COLORS for s in SHAPES]
+    for index in range(videos):
+        color, shape = objects[rng.randrange(len(objects))]
+        direction = DIRECTIONS[index % len(DIRECTIONS)]  # every direction equally often
+        relative = f"videos_synthetic/synthetic_{index:03d}.mp4"
+        write_video(root / relative, moving_shape_frames(shape, COLORS[color], direction, frames, size))
+        written.append(relative)
+        asked = f"What direction is the {color} {shape} moving?"
+        synthetic.append(_entry(len(synthetic) + 1, relative, asked, _choices(list(DIRECTIONS), rng), direction))
+        if index % 3 == 0:
+            absent_color, absent_shape = next((c, s) for c, s in rng.sample(objects, len(objects))
+                                              if c != color and s != shape)
+            absent = f"no {absent_color} {absent_shape} there"
+            synthetic.append(_entry(len(synthetic) + 1, relative,
+                                    f"What direction is the {absent_color} {absent_shape} moving?",
+                                    _choices(["left", "right", "not moving", absent], rng), absent))
+        # real-style ids: the first half exo-centric (<= 922), the second half ego-centric (> 922)
+        number = VLM4D_EXO_MAX_ID - videos // 2 + 1 + index
+        opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}[direction]
+        real_entries.append(_entry(number, relative, f"Which direction did the {color} {shape} move?",
+                                   _choices([direction, opposite, "not moving", f"no {shape} there"], rng),
+                                   direction))
+    paths = {"synthetic": out / "synthetic_mc.json"}
+    paths["synthetic"].write_text(json.dumps(synthetic, indent=1) + "\n")
+    if real:
+        paths["real"] = out / "real_mc.json"
+        paths["real"].write_text(json.dumps(real_entries, indent=1) + "\n")
+    return {"video_root": str(root), "questions": {k: str(v) for k, v in paths.items()}, "videos": written}
