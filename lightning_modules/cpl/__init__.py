@@ -2,7 +2,9 @@
 
 Read in this order: clip_backbone (the frozen CLIP and how prompts enter it), prompt_learner (learned contexts and
 the CoCoOp meta-net), counterfactual (CPL's counterfactual search and loss terms), negatives (BERTScore-similar
-classes), module (the LightningModule), data (classification shards as CLIP inputs), benchmark (the summary table).
+texts), module (the LightningModule and its three tasks), data (classification, retrieval and VQA shards as CLIP
+inputs), benchmark (the summary table), inference (a trained module rebuilt from its checkpoint, e.g. to score
+MMWorld/VLM4D options with datamodules/benchmarks/clip_scorer.py).
 """
 
 from lightning_modules.cpl.module import CPLModule

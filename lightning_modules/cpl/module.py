@@ -133,6 +133,13 @@ class CPLModule(L.LightningModule):
         self.task, self.answers, self.qa_template = "vqa", list(answers), qa_template
         self._configure(train_texts[:1], train_texts, list(val_names), [list(answers) for _ in val_names])
 
+    def build_prompts(self, first_prompts: list[str]) -> PromptLearner:
+        """The prompt learner the hyper-parameters describe, first prompting `first_prompts` (tasks re-prompt it)."""
+        hp = self.hparams
+        return PromptLearner(self.clip, first_prompts, n_ctx=hp.n_ctx, ctx_init=hp.ctx_init,
+                             class_token_position=hp.class_token_position, class_specific=hp.class_specific_contexts,
+                             meta_net=hp.variant in ("cocoop", "cpl"), seed=hp.seed)
+
     def _configure(self, first_prompts: list[str], negative_texts: list[str], val_names: list[str],
                    val_classes: list[list[str]]) -> None:
         hp = self.hparams
@@ -143,10 +150,7 @@ class CPLModule(L.LightningModule):
             raise ValueError(f"the {self.task} training set has no texts")
         self.val_names, self.val_classes = val_names, val_classes
         if self.prompts is None:
-            self.prompts = PromptLearner(self.clip, first_prompts, n_ctx=hp.n_ctx, ctx_init=hp.ctx_init,
-                                         class_token_position=hp.class_token_position,
-                                         class_specific=hp.class_specific_contexts,
-                                         meta_net=hp.variant in ("cocoop", "cpl"), seed=hp.seed)
+            self.prompts = self.build_prompts(first_prompts)
         metric = (lambda n: MulticlassAccuracy(num_classes=n, average="micro")) if self.task == "classification" \
             else (lambda n: MeanMetric())
         self.val_metric = torch.nn.ModuleList([metric(len(c)) for c in val_classes])
@@ -322,6 +326,14 @@ class CPLModule(L.LightningModule):
         if self.task == "classification":
             self.prompts.set_classes(self.train_classes)
         self._val_text = {}
+
+    # -- benchmarks -----------------------------------------------------------------------------------------------
+    def benchmark_responder(self) -> Any:
+        """Video multiple choice with this module's CLIP and learned prompts (callbacks.benchmark_validation's
+        default responder): each option's text through the prompt learner, nearest to the frames wins."""
+        from datamodules.benchmarks.clip_scorer import ClipScorer
+
+        return ClipScorer.from_module(self.clip, self.prompts)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""The CLIP multiple-choice scorer: nearest option by similarity, question trimming, CPL checkpoints and modules."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, CLIPModel
+
+from datamodules.benchmarks import load_questions, resolve_video, sample_frames
+from datamodules.benchmarks.clip_scorer import ClipScorer
+from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
+from datamodules.transforms import CLIP_MEAN, CLIP_STD
+from lightning_modules.cpl.module import CPLModule
+from tests.tiny_clip import write_tiny_clip
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("clip-scorer")
+    written = write_synthetic_vlm4d(root / "vlm4d", videos=4, frames=6, size=24)
+    questions = []
+    for split, path in written["questions"].items():
+        questions += load_questions("vlm4d", path, split)
+    frames = [sample_frames(resolve_video(q, written["video_root"]), 4) for q in questions]
+    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16), "questions": questions,
+            "frames": frames}
+
+
+def reference_scores(clip_dir: Path, texts: list[str], frames: np.ndarray) -> torch.Tensor:
+    """Cosine similarities computed with transformers alone (PIL-free CLIP preprocessing written out here)."""
+    model, tokenizer = CLIPModel.from_pretrained(clip_dir).eval(), AutoTokenizer.from_pretrained(clip_dir)
+    size = model.config.vision_config.image_size
+    images = torch.tensor(frames).permute(0, 3, 1, 2).float()
+    h, w = images.shape[-2:]
+    scale = size / min(h, w)
+    images = F.interpolate(images, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True,
+                           align_corners=False).round().clamp(0, 255)
+    top, left = (images.shape[-2] - size) // 2, (images.shape[-1] - size) // 2
+    images = images[..., top:top + size, left:left + size] / 255
+    pixels = (images - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+    with torch.no_grad():
+        image = model.get_image_features(pixel_values=pixels)
+        image = image if isinstance(image, torch.Tensor) else image.pooler_output
+        tokens = tokenizer(texts, padding=True, return_tensors="pt")
+        text = model.get_text_features(**tokens)
+        text = text if isinstance(text, torch.Tensor) else text.pooler_output
+    video = F.normalize(F.normalize(image, dim=-1).mean(0), dim=0)
+    return F.normalize(text, dim=-1) @ video
+
+
+def test_picks_the_option_nearest_the_video(bench):
+    scorer = ClipScorer(pretrained=str(bench["clip"]), template="{option}", device="cpu")
+    questions, frames = bench["questions"], bench["frames"]
+    scores = scorer.option_scores(questions, frames)
+    answers = scorer.respond(questions, frames)
+    for q, f, score, answer in zip(questions, frames, scores, answers):
+        expected = reference_scores(bench["clip"], list(q.options.values()), f)
+        assert torch.allclose(torch.tensor(list(score.values())), expected, atol=1e-4)
+        assert answer == list(q.options)[int(expected.argmax())]
+    assert len(set(answers)) > 1  # not one letter for everything
+
+
+def test_a_known_nearest_option_wins(bench, monkeypatch):
+    """Text features built so that 'down' lies along the video feature: every question offering it answers it."""
+    scorer = ClipScorer(pretrained=str(bench["clip"]), device="cpu")
+    dim = 16
+    monkeypatch.setattr(scorer.clip, "encode_image", lambda pixels: torch.ones(pixels.shape[0], dim))
+
+    def encode_texts(texts: list[str]) -> torch.Tensor:
+        others = torch.eye(dim)[torch.arange(len(texts))] - 0.5  # pointing away from the video feature
+        return torch.stack([torch.ones(dim) if t.endswith(" down") else r for t, r in zip(texts, others)])
+
+    monkeypatch.setattr(scorer.clip, "encode_texts", encode_texts)
+    asked = [q for q in bench["questions"] if "down" in q.options.values()]
+    frames = [bench["frames"][bench["questions"].index(q)] for q in asked]
+    assert asked and scorer.respond(asked, frames) == [
+        next(k for k, v in q.options.items() if v == "down") for q in asked]
+
+
+def test_long_questions_lose_leading_words_never_the_option(bench):
+    scorer = ClipScorer(pretrained=str(bench["clip"]), device="cpu")
+    q = bench["questions"][0]
+    short = scorer.option_texts(q)
+    assert short == [f"{q.question} {option}" for option in q.options.values()]
+    long = replace(q, question="in this video of a red circle on a background " * 6 + q.question)
+    texts = scorer.option_texts(long)
+    budget = scorer.clip.max_length - 2
+    for text, option in zip(texts, long.options.values()):
+        assert text.endswith(f" {option}") and len(scorer.clip.token_ids(text)) <= budget
+        assert long.question.endswith(text[: -len(option) - 1])  # the end of the question is kept
+    # no more is dropped than needed: one more leading word would not fit
+    words = long.question.split()
+    previous = words[-len(texts[0].split()[:-1]) - 1]
+    assert any(len(scorer.clip.token_ids(f"{previous} {text}")) > budget for text in texts)
+
+
+def test_refuses_what_it_cannot_score(bench):
+    with pytest.raises(ValueError, match="pretrained"):
+        ClipScorer()
+    with pytest.raises(ValueError, match="option"):
+        ClipScorer(pretrained=str(bench["clip"]), template="{question}")
+    with pytest.raises(ValueError, match="only"):
+        ClipScorer(pretrained=str(bench["clip"]), template="{option} {answer}")
+
+
+def cpl_checkpoint(bench: dict, path: Path, variant: str) -> tuple[CPLModule, dict]:
+    """A CPLModule whose prompts moved away from their initialisation, saved as Lightning saves it."""
+    module = CPLModule(clip={"pretrained": str(bench["clip"])}, variant=variant, n_ctx=4, ctx_init=None, seed=3)
+    module.configure_classes(["red circle", "blue square"], {"base": ["red circle", "blue square"]})
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.prompts.parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": "2.6.0", "global_step": 1}
+    torch.save(checkpoint, path)
+    return module, checkpoint
+
+
+@pytest.mark.parametrize("variant", ["coop", "cocoop"])
+def test_cpl_checkpoint_scores_with_its_learned_prompts(bench, tmp_path, variant):
+    module, checkpoint = cpl_checkpoint(bench, tmp_path / "cpl.ckpt", variant)
+    questions, frames = bench["questions"], bench["frames"]
+    scorer = ClipScorer(cpl_checkpoint=str(tmp_path / "cpl.ckpt"), device="cpu")
+    loaded = scorer.prompts.state_dict()
+    assert loaded.keys() == {k[len("prompts."):] for k in checkpoint["state_dict"]}
+    assert all(torch.equal(v, checkpoint["state_dict"][f"prompts.{k}"]) for k, v in loaded.items())
+
+    # the same scores straight from the module's prompt learner
+    prompts = module.prompts
+    for q, f, score in zip(questions, frames, scorer.option_scores(questions, frames)):
+        with torch.no_grad():
+            image = module.clip.encode_image(scorer.pixels(f))
+            video = F.normalize(F.normalize(image, dim=-1).mean(0), dim=0)
+            prompts.set_classes(scorer.option_texts(q), unique=False)
+            text = prompts(video[None], rows_per_image=len(q.options))[0] if variant == "cocoop" else prompts()
+        expected = F.normalize(text, dim=-1) @ video
+        assert torch.allclose(torch.tensor(list(score.values())), expected, atol=1e-5)
+
+    # the module's own responder answers alike, and leaves its classes as they were
+    prompts.set_classes(["red circle", "blue square"])
+    assert module.benchmark_responder().respond(questions, frames) == scorer.respond(questions, frames)
+    assert prompts.class_names == ["red circle", "blue square"]
+    # and the learned prompts matter: the frozen CLIP alone answers differently
+    zero_shot = ClipScorer(pretrained=str(bench["clip"]), device="cpu")
+    assert zero_shot.option_scores(questions, frames) != scorer.option_scores(questions, frames)
+
+
+def test_cpl_checkpoint_without_learned_prompts_is_refused(bench, tmp_path):
+    _, checkpoint = cpl_checkpoint(bench, tmp_path / "cpl.ckpt", "coop")
+    checkpoint["state_dict"] = {}
+    torch.save(checkpoint, tmp_path / "empty.ckpt")
+    with pytest.raises(ValueError, match="no learned prompts"):
+        ClipScorer(cpl_checkpoint=str(tmp_path / "empty.ckpt"))
