@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_modules.cpl import counterfactual as cf
-from lightning_modules.cpl.clip_backbone import FrozenCLIP
+from lightning_modules.frozen_clip import FrozenCLIP
 from lightning_modules.cpl.module import CPLModule
 from lightning_modules.cpl.negatives import top_k_negatives
 from lightning_modules.cpl.prompt_learner import PromptLearner

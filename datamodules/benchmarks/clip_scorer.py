@@ -33,42 +33,6 @@ from datamodules.transforms import center_crop, normalize, resize_shorter
 DEFAULT_TEMPLATE = "{question} {option}"
 
 
-def _pooled(output: Any) -> torch.Tensor:
-    """transformers 4.x returns the projected features, 5.x an output object holding them as pooler_output."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-class HFClip(nn.Module):
-    """A transformers CLIPModel and its tokenizer, frozen, with the encoder interface ClipScorer uses."""
-
-    def __init__(self, pretrained: str):
-        super().__init__()
-        from transformers import AutoTokenizer, CLIPModel
-
-        self.model = CLIPModel.from_pretrained(pretrained).eval().requires_grad_(False)
-        self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
-
-    @property
-    def image_size(self) -> int:
-        return self.model.config.vision_config.image_size
-
-    @property
-    def max_length(self) -> int:
-        return self.model.config.text_config.max_position_embeddings
-
-    def token_ids(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.model.get_image_features(pixel_values=pixel_values))
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(self.model.logit_scale.device)
-        return _pooled(self.model.get_text_features(input_ids=tokens["input_ids"],
-                                                    attention_mask=tokens["attention_mask"]))
-
-
 def _raise_problems(problems: list[tuple[str, str]]) -> None:
     if problems:
         raise ValueError("ClipScorer: " + "; ".join(f"{name}: {message}" for name, message in problems))
@@ -105,13 +69,15 @@ class ClipScorer:
             module.to(target)
             clip, prompts = module.clip, module.prompts
         else:
-            clip, prompts = HFClip(pretrained).to(target), None
+            from lightning_modules.frozen_clip import FrozenCLIP  # a shared building block, not a method
+
+            clip, prompts = FrozenCLIP(pretrained=pretrained).to(target), None
         self._configure(clip, prompts, template, batch_size)
 
     @classmethod
     def from_module(cls, clip: nn.Module, prompts: nn.Module | None = None, template: str = DEFAULT_TEMPLATE,
                     batch_size: int = 8) -> "ClipScorer":
-        """Score with an in-memory CLIP (lightning_modules.cpl FrozenCLIP or HFClip) and, optionally, a prompt
+        """Score with an in-memory CLIP (lightning_modules.frozen_clip.FrozenCLIP) and, optionally, a prompt
         learner; both stay where they are (device, mode) and the prompt learner's classes are restored after
         every call."""
         scorer = cls.__new__(cls)

@@ -1,7 +1,7 @@
 """CPL (counterfactual prompt learning for CLIP), with CoOp and CoCoOp as variants of the same module.
 
-Read in this order: clip_backbone (the frozen CLIP and how prompts enter it), prompt_learner (learned contexts and
-the CoCoOp meta-net), counterfactual (CPL's counterfactual search and loss terms), negatives (BERTScore-similar
+Read in this order: lightning_modules/frozen_clip.py (the frozen CLIP and how prompts enter it, shared with the
+benchmark scorer), prompt_learner (learned contexts and the CoCoOp meta-net), counterfactual (CPL's counterfactual search and loss terms), negatives (BERTScore-similar
 texts), module (the LightningModule and its three tasks), data (classification, retrieval and VQA shards as CLIP
 inputs), benchmark (the summary table), inference (a trained module rebuilt from its checkpoint, e.g. to score
 MMWorld/VLM4D options with datamodules/benchmarks/clip_scorer.py).

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.cpl.clip_backbone import FrozenCLIP
+from lightning_modules.frozen_clip import FrozenCLIP
 from lightning_modules.cpl.counterfactual import (
     class_logits, contrastive_loss, counterfactual, pick_negatives, search_mask)
 from lightning_modules.cpl.prompt_learner import PromptLearner, check_class_names

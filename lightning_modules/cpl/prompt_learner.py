@@ -12,7 +12,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_modules.cpl.clip_backbone import FrozenCLIP
+from lightning_modules.frozen_clip import FrozenCLIP
 
 Position = Literal["end", "middle", "front"]
 TOKEN_CACHE_SIZE = 200_000

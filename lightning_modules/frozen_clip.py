@@ -1,6 +1,6 @@
-"""The frozen CLIP that CoOp, CoCoOp and CPL learn prompts for: a transformers `CLIPModel` plus its tokenizer.
+"""A frozen CLIP: a transformers `CLIPModel` plus its tokenizer, shared by the methods and the benchmark scorer.
 
-Prompts enter the text encoder as token embeddings: the prompt learner's context vectors replace the embeddings of
+CoOp, CoCoOp and CPL (lightning_modules/cpl) learn prompts for it. Prompts enter the text encoder as token embeddings: the prompt learner's context vectors replace the embeddings of
 placeholder tokens through a forward hook on the token-embedding layer, so the encoder runs through transformers'
 own forward (causal mask, position embeddings, layer norms) whatever its version. The text feature is read at each
 prompt's end-of-text position and projected, as CLIP does.
