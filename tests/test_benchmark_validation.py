@@ -218,3 +218,65 @@ def test_ddp_sharded_answers_equal_rank_zero_answers(world):
     alone, sharded = reports["rank0-vlm4d-step10.json"], reports["sharded-vlm4d-step10.json"]
     assert (alone["ranks"], sharded["ranks"]) == (1, 2)
     assert alone["items"] == sharded["items"] and alone["videos"]["counts"]["missing"] == 0
+
+
+class FailsOnRank:
+    """Answers "A", except on one rank, where it raises (a model error on one GPU of a job)."""
+
+    needs_frames = False
+
+    def __init__(self, failing_rank: int, rank: int):
+        self.failing_rank, self.rank = failing_rank, rank
+
+    def respond(self, questions, frames):
+        if self.rank == self.failing_rank:
+            raise RuntimeError(f"model exploded on rank {self.rank}")
+        return ["A"] * len(questions)
+
+
+def _evaluate_on_two_ranks(rank: int, init_file: str, questions_file: str, video_root: str, shard: bool,
+                           failing_rank: int, out: str) -> None:
+    """One of two gloo ranks: runs the callback's evaluation and records what it raised."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        callback = BenchmarkValidation("vlm4d", {"synthetic": questions_file}, video_root, num_questions=6,
+                                       shard_across_ranks=shard, responder=FailsOnRank(failing_rank, rank))
+        callback.subset = load_questions("vlm4d", questions_file, "synthetic")[:6]
+
+        def broadcast(obj, src=0):
+            box = [obj]
+            dist.broadcast_object_list(box, src=src)
+            return box[0]
+
+        trainer = SimpleNamespace(world_size=2, global_rank=rank, is_global_zero=rank == 0, global_step=0,
+                                  current_epoch=0, strategy=SimpleNamespace(broadcast=broadcast))
+        try:
+            callback.evaluate(trainer, None)
+            outcome = "returned"
+        except RuntimeError as e:
+            outcome = str(e)
+        Path(out, f"rank{rank}.txt").write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("shard,failing_rank", [(True, 1), (False, 0)])
+def test_a_failure_on_one_rank_is_raised_on_every_rank_without_hanging(world, tmp_path, shard, failing_rank):
+    import torch.multiprocessing as mp
+
+    bench = world["bench"]
+    context = mp.start_processes(_evaluate_on_two_ranks, nprocs=2, join=False, start_method="spawn",
+                                 args=(str(tmp_path / "init"), str(bench["questions"]["synthetic"]),
+                                       str(bench["video_root"]), shard, failing_rank, str(tmp_path)))
+    for _ in range(120):  # a hang would be a rank waiting forever in a collective: fail the test instead
+        if context.join(timeout=1):
+            break
+    else:
+        for process in context.processes:
+            process.kill()
+        pytest.fail("the ranks hung after one of them failed")
+    for rank in (0, 1):
+        outcome = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "benchmark vlm4d failed" in outcome and f"model exploded on rank {failing_rank}" in outcome, outcome
