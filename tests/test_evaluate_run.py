@@ -139,6 +139,33 @@ def test_run_end_to_end_with_a_tiny_vlm(bench, vlm_b, tmp_path, capsys):
     assert again["counts"] == summary["counts"] and len(lines(out / RESPONSES)) == 5
 
 
+def test_run_end_to_end_with_a_tiny_clip_scorer(bench, tmp_path):
+    from datamodules.benchmarks.clip_scorer import ClipScorer
+    from datamodules.benchmarks.frames import sample_frames
+    from tests.tiny_clip import write_tiny_clip
+
+    clip = write_tiny_clip(tmp_path / "clip", image_size=16)
+    out = tmp_path / "out"
+    model = {"target": "datamodules.benchmarks.clip_scorer.ClipScorer",
+             "params": {"pretrained": str(clip), "device": "cpu"}}
+    assert evaluate.main(["run", "--config", str(write_config(tmp_path / "run.yaml", bench, model, out)),
+                          "--no-progress"]) == 0
+    responses = {r["id"]: r["response"] for r in lines(out / RESPONSES)}
+    assert sorted(responses) == PRESENT
+    # the run's answers are the scorer's own on the same frames: the option nearest the mean frame feature
+    scorer = ClipScorer(pretrained=str(clip), device="cpu")
+    questions = {q.id: q for q in load_vlm4d(bench["questions"], "synthetic")}
+    for qid, response in responses.items():
+        frames = sample_frames(bench["videos"] / questions[qid].video, 8)
+        scores = scorer.option_scores([questions[qid]], [frames])[0]
+        assert response == max(scores, key=scores.get)
+    items = {i["id"]: i for i in lines(out / "items.jsonl")}
+    correct = sum(questions[q].answer_letter == r for q, r in responses.items())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["overall"] == {"correct": correct, "total": 7}
+    assert all(items[q]["method"] == "rule" for q in PRESENT)
+
+
 def test_changed_settings_refuse_an_old_run_directory(bench, vlm_b, tmp_path, capsys):
     out = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", bench, vlm_model(vlm_b), out, limit=1)
