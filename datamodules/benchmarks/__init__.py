@@ -3,8 +3,10 @@
 questions.py loads the released question files into `Question`s keyed by (split, id) and checks videos;
 frames.py samples frames with PyAV (cached on disk); answers.py extracts the chosen option from a model's
 text and optionally asks a local LLM judge; scoring.py reads response files and summarises accuracy as the
-papers report it; responders.py holds what answers questions (a transformers VLM, a file of responses) and
-runner.py runs one over a benchmark resumably, then scores.
+papers report it; responders.py holds what answers questions (a transformers VLM, a file of responses),
+clip_scorer.py a CLIP (or a CPL checkpoint) choosing by similarity, and runner.py runs one over a benchmark
+resumably, then scores. subset.py draws the stratified subset callbacks/benchmark_validation.py answers during
+training; synthetic.py writes small VLM4D-format videos and questions for tests.
 """
 
 from datamodules.benchmarks.answers import LLMJudge, extract_choice
