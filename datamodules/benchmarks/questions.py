@@ -75,6 +75,17 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         raise BenchmarkFileError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}) (give the {what})") from e
 
 
+def read_entries(path: Path, what: str, items: str, fix: str) -> list[dict]:
+    """A question file's top level: a non-empty JSON list of objects."""
+    data = read_json(path, what)
+    if not isinstance(data, list) or not data:
+        raise BenchmarkFileError(f"{path}: expected a non-empty JSON list of {items}, got {type(data).__name__} ({fix})")
+    for i, entry in enumerate(data):
+        if not isinstance(entry, dict):
+            raise BenchmarkFileError(f"{path}: entry {i}: expected an object, got {type(entry).__name__} ({fix})")
+    return data
+
+
 def _require(path: Path, where: str, entry: dict, name: str, kind: type | tuple[type, ...], fix: str) -> Any:
     if name not in entry:
         raise BenchmarkFileError(f"{path}: {where}: no '{name}' field ({fix})")
@@ -167,15 +178,9 @@ def load_vlm4d(path: str | os.PathLike, split: str | None = None) -> list[Questi
         raise BenchmarkFileError(f"{path}: split {split!r} is not one of {', '.join(VLM4D_SPLITS)} "
                                  f"(name it: real=FILE or synthetic=FILE)")
     fix = "use the released real_mc.json / synthetic_mc.json"
-    data = read_json(path, f"VLM4D {split}_mc.json")
-    if not isinstance(data, list) or not data:
-        raise BenchmarkFileError(f"{path}: expected a non-empty JSON list of questions, "
-                                 f"got {type(data).__name__} ({fix})")
     questions = []
-    for i, entry in enumerate(data):
+    for i, entry in enumerate(read_entries(path, f"VLM4D {split}_mc.json", "questions", fix)):
         where = f"entry {i}"
-        if not isinstance(entry, dict):
-            raise BenchmarkFileError(f"{path}: {where}: expected an object, got {type(entry).__name__} ({fix})")
         qid = str(_require(path, where, entry, "id", (str, int), fix))
         where = f"entry {i} (id {qid})"
         url = _require(path, where, entry, "video", str, fix)
@@ -215,15 +220,9 @@ def load_mmworld(path: str | os.PathLike, split: str = MMWORLD_SPLIT) -> list[Qu
     """Questions of MMWorld's mmworld.json (a list of videos, each with its questions)."""
     path = Path(path)
     fix = "use the released mmworld.json"
-    data = read_json(path, "MMWorld mmworld.json")
-    if not isinstance(data, list) or not data:
-        raise BenchmarkFileError(f"{path}: expected a non-empty JSON list of videos, "
-                                 f"got {type(data).__name__} ({fix})")
     questions = []
-    for i, video in enumerate(data):
+    for i, video in enumerate(read_entries(path, "MMWorld mmworld.json", "videos", fix)):
         where = f"entry {i}"
-        if not isinstance(video, dict):
-            raise BenchmarkFileError(f"{path}: {where}: expected an object, got {type(video).__name__} ({fix})")
         video_id = _require(path, where, video, "video_id", str, fix)
         where = f"entry {i} (video_id {video_id})"
         discipline = _require(path, where, video, "discipline", str, fix)

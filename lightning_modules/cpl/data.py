@@ -15,6 +15,7 @@ a random resized crop and a horizontal flip, seeded per sample and epoch so that
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Literal
 
 import torch
@@ -29,7 +30,7 @@ IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "gif")
 Task = Literal["classification", "retrieval", "vqa"]
 
 
-class ClipImageSample(DecodeSample):
+class ClipImageSample(DecodeSample, ABC):
     """The image of a sample as CLIP pixels; subclasses add the task's fields (`fields`)."""
 
     def __init__(self, image_size: int, augment: bool, seed: int, required: list[str]):
@@ -48,8 +49,9 @@ class ClipImageSample(DecodeSample):
             image = center_crop(resize_shorter(image, self.image_size), self.image_size)
         return {"__key__": sample["__key__"], "pixel_values": normalize(image), **self.fields(sample, epoch)}
 
+    @abstractmethod
     def fields(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
-        raise NotImplementedError
+        """The task's fields of a decoded sample (labels, captions, questions)."""
 
 
 class ClipClassificationSample(ClipImageSample):
