@@ -160,7 +160,19 @@ def run(args: argparse.Namespace) -> int:
         for key, target in targets_in(loaded.cfg):
             print(f"#   {key}: {target}")
         return 0
-    return fit_run(prepare_run(loaded, args.resume))
+    try:
+        return fit_run(prepare_run(loaded, args.resume))
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Close the DDP process group before the interpreter exits: left to static destructors, gloo's threads can abort
+    a finished rank ("terminate called without an active exception"), which SLURM then reports as a failed job."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
