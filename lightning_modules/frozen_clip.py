@@ -16,6 +16,9 @@ from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
 
+ENCODE_CHUNK = 4096  # texts per text-encoder pass without gradients (evaluation over thousands of captions)
+
+
 def _pooled(output: Any) -> torch.Tensor:
     """transformers 4.x returns the projected features, 5.x an output object holding them as pooler_output."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -100,7 +103,9 @@ class FrozenCLIP(nn.Module):
         return self.model.text_projection(pooled)
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        """Features of plain texts (zero-shot prompts)."""
+        """Features of plain texts (zero-shot prompts); without gradients in passes of at most ENCODE_CHUNK texts."""
+        if len(texts) > ENCODE_CHUNK and not torch.is_grad_enabled():
+            return torch.cat([self.encode_texts(texts[i:i + ENCODE_CHUNK]) for i in range(0, len(texts), ENCODE_CHUNK)])
         rows = [[self.bos_id, *self.token_ids(t)[: self.max_length - 2], self.eos_id] for t in texts]
         length = max(map(len, rows))
         ids = torch.tensor([r + [self.pad_id] * (length - len(r)) for r in rows],

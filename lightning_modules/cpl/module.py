@@ -37,7 +37,6 @@ from lightning_modules.cpl.prompt_learner import PromptLearner, check_class_name
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 METRIC = {"classification": "accuracy", "retrieval": "r1", "vqa": "vqa_accuracy"}
-ENCODE_CHUNK = 4096  # plain texts per text-encoder pass (zero-shot prompts of thousands of captions)
 
 
 class CPLModule(L.LightningModule):
@@ -248,10 +247,7 @@ class CPLModule(L.LightningModule):
     # -- validation -----------------------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_text = {}
-
-    def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        return torch.cat([self.clip.encode_texts(texts[i:i + ENCODE_CHUNK]).float()
-                          for i in range(0, len(texts), ENCODE_CHUNK)])
+        self._prompted_set: int | None = None  # the validation set whose classes the prompt learner holds
 
     def zero_shot_text(self, index: int) -> torch.Tensor:
         if index not in self._zero_shot_text:
@@ -259,7 +255,7 @@ class CPLModule(L.LightningModule):
                 classes = self.val_classes[index]
                 texts = classes if self.task == "retrieval" else \
                     [ZERO_SHOT_TEMPLATE.format(c.replace("_", " ")) for c in classes]
-                self._zero_shot_text[index] = self.encode_texts(texts)
+                self._zero_shot_text[index] = self.clip.encode_texts(texts).float()
         return self._zero_shot_text[index]
 
     def validation_logits(self, batch: dict[str, Any], v: torch.Tensor, index: int,
@@ -269,7 +265,7 @@ class CPLModule(L.LightningModule):
         if self.task == "vqa":
             texts = self.vqa_prompts(batch["question"])
             if zero_shot:
-                text = self.encode_texts(texts).view(v.shape[0], len(self.answers), -1)
+                text = self.clip.encode_texts(texts).float().view(v.shape[0], len(self.answers), -1)
             else:
                 self.prompts.set_classes(texts, unique=False)
                 text = self.prompts(v, rows_per_image=len(self.answers))
@@ -277,7 +273,9 @@ class CPLModule(L.LightningModule):
         if zero_shot:
             return class_logits(v, self.zero_shot_text(index), scale)
         if self.prompts.meta_net is not None:
-            self.prompts.set_classes(self.val_classes[index], unique=self.task == "classification")
+            if self._prompted_set != index:  # tokenised once per set, not per batch (thousands of captions)
+                self.prompts.set_classes(self.val_classes[index], unique=self.task == "classification")
+                self._prompted_set = index
             return class_logits(v, self.prompts(v), scale)
         if index not in self._val_text:  # the same prompts for every batch of this validation
             self.prompts.set_classes(self.val_classes[index], unique=self.task == "classification")

@@ -12,11 +12,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lightning_modules.frozen_clip import FrozenCLIP
+from lightning_modules.frozen_clip import ENCODE_CHUNK, FrozenCLIP
 
 Position = Literal["end", "middle", "front"]
 TOKEN_CACHE_SIZE = 200_000
-ENCODE_CHUNK = 4096  # prompts per text-encoder pass without gradients (evaluation over thousands of captions)
 
 
 class PromptLearner(nn.Module):
