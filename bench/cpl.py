@@ -122,7 +122,7 @@ def main() -> int:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "setup": {"size": args.size, "classes": args.classes, "batch": args.batch, "steps": args.steps,
                   "warmup": args.warmup, "repeats": args.repeats, "precision": "bf16 autocast" if cuda else "fp32",
-                  "cpl": {"search_steps": modules["cpl"].hparams.search_steps, "k": 3}},
+                  "cpl": {"search_steps": modules["cpl"].hparams.search_steps, "k": modules["cpl"].hparams.k}},
         "figures": {f"{v}_ms_per_step": m for v, m in med.items()},
         "ratios": ratios,
         "targets": {"cpl_over_cocoop": "<= 1.5"},
