@@ -307,6 +307,27 @@ def test_a_processor_without_videos_is_refused(vlm_b):
         TransformersVLM(str(vlm_b), prompt="essay")
 
 
+def test_processor_kwargs_reach_every_processor_call(vlm_random):
+    questions = [Question("vlm4d", "real", "validation_1", "v.mp4", "Where is the car going", DIRECTIONS, "A", "left",
+                          ("A",))]
+    frames = [np.random.default_rng(3).integers(0, 255, (2, 32, 32, 3), dtype=np.uint8)]
+    pixels = {}
+    for name, extra in (("default", None), ("unscaled", {"do_rescale": False})):
+        responder = TransformersVLM(str(vlm_random), frames_as="images", max_new_tokens=2, device="cpu",
+                                    processor_kwargs=extra)
+
+        def generate(generate=responder.model.generate, name=name, **inputs):
+            pixels[name] = inputs["pixel_values"]
+            return generate(**inputs)
+
+        responder.model.generate = generate
+        responder.respond(questions, frames)
+    # without rescaling to [0, 1] the normalised pixels are about 255 times larger
+    assert pixels["unscaled"].abs().max() > 50 * pixels["default"].abs().max()
+    with pytest.raises(ValueError, match="processor_kwargs: images, padding are set by the responder"):
+        TransformersVLM(str(vlm_random), processor_kwargs={"padding": False, "images": [], "size": 1})
+
+
 @pytest.mark.skipif(not has_torchvision(), reason="transformers' Qwen2-VL processor needs torchvision")
 @pytest.mark.parametrize("frames_as", ["video", "images"])
 def test_qwen2_vl_answers_from_a_video_or_images(tmp_path, frames_as):

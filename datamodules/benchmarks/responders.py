@@ -31,6 +31,7 @@ PROMPTS = ("direct", "cot")
 FRAMES_AS = ("video", "images")
 DEFAULT_MAX_NEW_TOKENS = {"direct": 16, "cot": 512}
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+RESERVED_PROCESSOR_KWARGS = {"text", "padding", "return_tensors", "images", "videos", "do_sample_frames"}
 
 # Instructions after the question and its options. direct: the letter alone, as the papers' multiple-choice
 # evaluations ask; cot: reasoning first, then a closing sentence answers.extract_choice reads as a final answer.
@@ -109,6 +110,8 @@ class TransformersVLM:
         torchvision) or "images" (one image entry per frame, in order).
     batch_size: questions per generate call (left padding). max_new_tokens: default 16 (direct) / 512 (cot).
     dtype: auto (the checkpoint's), float32, float16 or bfloat16. device: default cuda when available, else cpu.
+    processor_kwargs: extra keyword arguments of every processor call, e.g. {cap_pixels_per_frame: true} for
+        Qwen2-VL's per-frame pixel budget or {max_pixels: N}; they may not replace the ones this class sets.
     """
 
     needs_frames = True
@@ -116,12 +119,14 @@ class TransformersVLM:
     def __init__(self, model: str, prompt: Literal["direct", "cot"] = "direct",
                  frames_as: Literal["video", "images"] = "video", batch_size: int = 1,
                  max_new_tokens: int | None = None, dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
-                 device: str | None = None, trust_remote_code: bool = False):
+                 device: str | None = None, trust_remote_code: bool = False,
+                 processor_kwargs: dict[str, Any] | None = None):
         given = {"prompt": prompt, "frames_as": frames_as, "dtype": dtype}
         problems = [(name, f"{given[name]!r} is not one of {', '.join(allowed)}")
                     for name, allowed in (("prompt", PROMPTS), ("frames_as", FRAMES_AS), ("dtype", DTYPES))
                     if given[name] not in allowed]
-        problems += self.config_problems({"model": model, "batch_size": batch_size, "max_new_tokens": max_new_tokens})
+        problems += self.config_problems({"model": model, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                                          "processor_kwargs": processor_kwargs})
         if problems:
             raise ValueError("; ".join(f"{name}: {message}" for name, message in problems))
         import torch
@@ -130,6 +135,7 @@ class TransformersVLM:
         self.prompt = prompt
         self.frames_as = frames_as
         self.batch_size = batch_size
+        self.processor_kwargs = dict(processor_kwargs or {})
         self.max_new_tokens = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[prompt]
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = self._load_processor(trust_remote_code)
@@ -153,6 +159,10 @@ class TransformersVLM:
             value = params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 1:
                 problems.append((name, f"must be >= 1, got {value}"))
+        extra = params.get("processor_kwargs")
+        taken = sorted(set(extra) & RESERVED_PROCESSOR_KWARGS) if isinstance(extra, Mapping) else []
+        if taken:
+            problems.append(("processor_kwargs", f"{', '.join(taken)} are set by the responder (remove them)"))
         return problems
 
     @property
@@ -219,7 +229,7 @@ class TransformersVLM:
             visual = {"videos": [np.asarray(f) for f in frames], "do_sample_frames": False}  # sampled already
         else:
             visual = {"images": [list(f) for f in frames]}
-        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **visual)
+        inputs = self.processor(text=texts, padding=True, return_tensors="pt", **visual, **self.processor_kwargs)
         inputs = inputs.to(device=self.device, dtype=self.model.dtype)
         tok = self.tokenizer
         with torch.inference_mode():
