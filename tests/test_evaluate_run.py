@@ -3,6 +3,7 @@ config checks. Videos are 8-frame 32x32 mp4s written here; VLM4D-format question
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from datamodules.benchmarks.questions import Question, load_vlm4d
+from datamodules.benchmarks.questions import BenchmarkFileError, Question, load_vlm4d
 from datamodules.benchmarks.responders import (ResponderError, ResponsesFile, TransformersVLM, question_prompt)
 from datamodules.benchmarks.runner import RESPONSES, RunInterrupted, read_run_responses, run_benchmark
 from launch import evaluate
@@ -178,6 +179,23 @@ def test_changed_settings_refuse_an_old_run_directory(bench, vlm_b, tmp_path, ca
     assert len(err) == 1 and "different run" in err[0] and "responder" in err[0]
 
 
+def test_a_run_that_failed_before_answering_does_not_lock_its_directory(bench, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "validation_1"}\n')  # no response field: the responder cannot be built
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"id": "validation_1", "response": "B"}) + "\n")
+    out = tmp_path / "out"
+    model = {"target": "datamodules.benchmarks.responders.ResponsesFile", "params": {"path": str(bad),
+                                                                                     "split": "synthetic"}}
+    config = write_config(tmp_path / "run.yaml", bench, model, out)
+    assert evaluate.main(["run", "--config", str(config), "--no-progress"]) == 2
+    assert "no 'response' field" in capsys.readouterr().err and not (out / RESPONSES).exists()
+    # the fixed setting is a different run, but nothing was answered under the old one
+    assert evaluate.main(["run", "--config", str(config), "--no-progress", f"model.params.path={good}"]) == 0
+    assert json.loads((out / "run.json").read_text())["responder"]["params"]["path"] == str(good)
+    assert lines(out / RESPONSES)[0]["response"] == "B"
+
+
 # ------------------------------------------------------------------------------------------- resuming
 def test_interrupted_run_resumes_without_regenerating(bench, tmp_path):
     questions = load_vlm4d(bench["questions"], "synthetic")
@@ -212,6 +230,25 @@ def test_torn_last_line_is_dropped_and_asked_again(bench, tmp_path):
     assert again.asked == [PRESENT[-1]]
     assert path.read_bytes() == whole  # the torn bytes were cut before appending
     assert summary["counts"]["overall"]["correct"] == 3
+
+
+def test_a_question_changed_under_its_id_is_refused_not_reused(bench, tmp_path):
+    questions = load_vlm4d(bench["questions"], "synthetic")
+    out = tmp_path / "out"
+    run_benchmark(questions, Counting(), bench["videos"], out, progress=False)
+    before = (out / RESPONSES).read_bytes()
+    digests = {q.id: q.asked_digest for q in questions}
+    assert [r["asked"] for r in lines(out / RESPONSES)] == [digests[qid] for qid in PRESENT]
+    again = Counting()
+    run_benchmark(questions[:3], again, bench["videos"], out, progress=False)  # a subset of the same questions
+    assert again.asked == []
+
+    edited = [dataclasses.replace(q, question="Which way does the car turn?") if q.id == "validation_2" else q
+              for q in questions]
+    with pytest.raises(BenchmarkFileError, match=r"1 responses answer questions that have changed since "
+                                                 r"\(e\.g\. synthetic/validation_2"):
+        run_benchmark(edited, Counting(), bench["videos"], out, progress=False)
+    assert (out / RESPONSES).read_bytes() == before
 
 
 def test_a_damaged_line_before_the_end_is_an_error(bench, tmp_path):

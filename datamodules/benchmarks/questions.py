@@ -13,6 +13,7 @@ the file (and entry) and what to do.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -57,6 +58,13 @@ class Question:
     @property
     def key(self) -> QKey:
         return (self.split, self.id)
+
+    @property
+    def asked_digest(self) -> str:
+        """A short hash of what a model is shown (video, question, options): a run's responses record it, so a
+        resumed run notices a question file that changed under the same ids."""
+        shown = json.dumps([self.video, self.question, list(self.options.items())], ensure_ascii=False)
+        return hashlib.sha1(shown.encode("utf-8")).hexdigest()[:12]
 
 
 # ----------------------------------------------------------------------------------------------- reading

@@ -1,10 +1,12 @@
 """Run a responder over a benchmark's questions, resumably, then score: `run_benchmark`.
 
-OUT/responses.jsonl is the run's memory: one {"split", "id", "response"} line per answered question, appended a
-batch at a time (written with SIGINT / SIGTERM held back, flushed and fsynced). A rerun reads it and sends only the
-questions it lacks; a torn last line (the process killed mid-write) is cut off and its question asked again.
-OUT/run.json records what produced the responses (benchmark, frame sampling, the responder's settings): a rerun
-with different settings refuses to mix its answers with the old ones.
+OUT/responses.jsonl is the run's memory: one {"split", "id", "response", "asked"} line per answered question
+("asked": Question.asked_digest, a hash of the video, question and options shown), appended a batch at a time
+(written with SIGINT / SIGTERM held back, flushed and fsynced). A rerun reads it and sends only the questions it
+lacks; a torn last line (the process killed mid-write) is cut off and its question asked again; a question that
+changed under its id since is refused. OUT/run.json records what produced the responses (benchmark, frame
+sampling, the responder's settings): a rerun with different settings refuses to mix its answers with the old ones
+(until the directory holds a response, run.json is simply rewritten).
 
 Questions whose video is missing or cannot be decoded are not sent; they are scored as missing (wrong) and
 listed, with the video check, in the summary. Finally OUT/items.jsonl, summary.json, summary.md (and for MMWorld
@@ -46,8 +48,8 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 # ----------------------------------------------------------------------------------------------- responses file
-def read_run_responses(path: str | os.PathLike, repair: bool = True) -> dict[QKey, str | None]:
-    """(split, id) -> response of a run's responses.jsonl. A last line without its newline or not valid JSON is
+def read_run_records(path: str | os.PathLike, repair: bool = True) -> dict[QKey, dict[str, Any]]:
+    """(split, id) -> record of a run's responses.jsonl. A last line without its newline or not valid JSON is
     what a kill mid-write leaves: it is dropped (and with `repair`, cut from the file). A bad line before the
     last one is an error."""
     path = Path(path)
@@ -62,25 +64,41 @@ def read_run_responses(path: str | os.PathLike, repair: bool = True) -> dict[QKe
             json.loads(lines[-1])
         except ValueError:  # a newline made it to disk but the line is damaged
             keep -= len(lines.pop()) + 1
-    responses: dict[QKey, str | None] = {}
+    records: dict[QKey, dict[str, Any]] = {}
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
             key = (str(record["split"]), str(record["id"]))
-            response = record["response"]
+            record["response"]
         except (ValueError, KeyError, TypeError) as e:
             raise BenchmarkFileError(f"{path}: line {n} is not a {{\"split\", \"id\", \"response\"}} record "
                                      f"({type(e).__name__}); delete the line (its question is asked again) "
                                      f"or the file (all are)") from e
-        responses[key] = response
+        records[key] = record
     if repair and keep < len(data):
         with open(path, "r+b") as f:
             f.truncate(keep)
             f.flush()
             os.fsync(f.fileno())
-    return responses
+    return records
+
+
+def read_run_responses(path: str | os.PathLike, repair: bool = True) -> dict[QKey, str | None]:
+    """(split, id) -> response of a run's responses.jsonl (see read_run_records)."""
+    return {key: record["response"] for key, record in read_run_records(path, repair).items()}
+
+
+def check_same_questions(path: Path, records: Mapping[QKey, Mapping[str, Any]], questions: Sequence[Question]) -> None:
+    """Refuse responses recorded for a question that has changed since (same id, other video/text/options)."""
+    changed = [q.key for q in questions
+               if q.key in records and records[q.key].get("asked", q.asked_digest) != q.asked_digest]
+    if changed:
+        split, qid = changed[0]
+        raise BenchmarkFileError(
+            f"{path}: {len(changed)} responses answer questions that have changed since (e.g. {split}/{qid}: its "
+            f"video, question or options differ); choose another output directory, or delete {path} to ask again")
 
 
 @contextlib.contextmanager
@@ -126,14 +144,20 @@ def check_run_info(out: Path, info: Mapping[str, Any]) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = None
-        if old is not None and old != info:
+        if old is not None and old != info and _holds_responses(out):
             changed = sorted(k for k in set(old) | set(info) if old.get(k) != info.get(k))
             raise BenchmarkFileError(
                 f"{out}: holds responses of a different run (changed: {', '.join(changed)}; see {path}); "
                 f"choose another output directory, or delete {out / RESPONSES} and {path} to start over")
-        if old is not None:
+        if old == info:
             return
     atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+
+
+def _holds_responses(out: Path) -> bool:
+    """Whether OUT has answers to protect (a run that failed before answering leaves run.json only)."""
+    path = out / RESPONSES
+    return path.is_file() and path.stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------------------------- progress
@@ -227,7 +251,9 @@ def run_benchmark(questions: Sequence[Question], responder: Responder, video_roo
         report = check_videos(questions, video_root, decode=False)  # reported only: the answers need no video
 
     responses_path = out / RESPONSES
-    done = read_run_responses(responses_path)
+    records = read_run_records(responses_path)
+    check_same_questions(responses_path, records, questions)
+    done = {key: record["response"] for key, record in records.items()}
     sendable = set(report.present) if (needs_frames and report is not None) else {q.key for q in questions}
     todo = [q for q in questions if q.key in sendable and q.key not in done]
     reused = sum(q.key in done for q in questions)
@@ -268,17 +294,17 @@ def run_benchmark(questions: Sequence[Question], responder: Responder, video_roo
                 if len(answers) != len(asked):
                     raise ResponderError(f"{type(responder).__name__} returned {len(answers)} responses for "
                                          f"{len(asked)} questions")
-                records = [{"split": q.split, "id": q.id, "response": a} for q, a in zip(asked, answers)
-                           if a is not None]
-                append_responses(responses_path, records)
-                for r in records:
+                answered = [{"split": q.split, "id": q.id, "response": a, "asked": q.asked_digest}
+                            for q, a in zip(asked, answers) if a is not None]
+                append_responses(responses_path, answered)
+                for r in answered:
                     done[(r["split"], r["id"])] = r["response"]
-                generated += len(records)
+                generated += len(answered)
             bar.advance(len(batch))
     except KeyboardInterrupt as e:
         bar.close()
-        answered = read_run_responses(responses_path, repair=False)  # the file, not `done`: a batch may be in both
-        raise RunInterrupted(sum(q.key in answered for q in questions), len(questions), responses_path) from e
+        on_disk = read_run_responses(responses_path, repair=False)  # the file, not `done`: a batch may be in both
+        raise RunInterrupted(sum(q.key in on_disk for q in questions), len(questions), responses_path) from e
     finally:
         bar.close()
 
