@@ -17,7 +17,8 @@ run     answers a benchmark's questions with a model and scores them, from a YAM
 
 score   reads the benchmark's question files and model responses produced elsewhere (a JSON list or JSONL of
         {"id": ..., "response": ...}; for MMWorld "id" is f"{video_id}_{question index}", or give "video_id" and
-        "question_index"; an optional "split" field overrides the file's split; other fields are ignored),
+        "question_index"; a file given without SPLIT= names each record's split in a "split" field; one given
+        with SPLIT= may not hold records of another split; other fields are ignored),
         extracts the chosen option by rules (answers.py; --judge MODEL_DIR asks a local causal LM about the
         responses the rules leave unparsed) and writes OUT/items.jsonl, OUT/summary.json, OUT/summary.md.
         For MMWorld it also writes an EvalAI submission (default OUT/evalai_submission.json):

@@ -310,6 +310,8 @@ def test_responses_file_responder(bench, tmp_path):
     assert items["validation_2"]["method"] == "unparsed" and items["validation_7"]["method"] == "missing"
     assert summary["unknown_ids"]["ids"] == [["synthetic", "validation_99"]]
     assert summary["missing"]["count"] == 3 and "videos" not in summary  # no video root given: none checked
+    with pytest.raises(BenchmarkFileError, match=r"record 1: no 'split' field .* \(set model.params.split\)"):
+        ResponsesFile(answers, split=None)
     assert sorted(r["id"] for r in lines(tmp_path / "out" / RESPONSES)) == [f"validation_{i}" for i in (1, 2, 3, 4)]
 
 

@@ -190,6 +190,26 @@ def test_bad_response_records_are_named(tmp_path, capsys):
         assert err.startswith(f"evaluate.py: {responses}: ") and expected in err, err
 
 
+def test_a_records_split_field_is_ignored_unless_it_names_another_benchmark_split(tmp_path, capsys):
+    # exported elsewhere with the dataset's own split name: the split given on the command line applies
+    responses = write_jsonl(tmp_path / "r.jsonl", [{"id": "validation_1", "response": "B", "split": "validation"}])
+    questions = subset(REAL, ["validation_1"], tmp_path / "real_mc.json")
+    assert score("--benchmark", "vlm4d", "--questions", questions, "--responses", f"real={responses}", "--out",
+                 tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["counts"]["real"]["total"] == 1 and summary["missing"]["count"] == 0
+    assert summary["unknown_ids"]["count"] == 0
+    # a synthetic record in a file given as real would be scored against the real question of the same id
+    both = write_jsonl(tmp_path / "both.jsonl", [{"id": "validation_1", "response": "B", "split": "real"},
+                                                 {"id": "validation_1", "response": "A", "split": "synthetic"}])
+    assert score("--benchmark", "vlm4d", "--questions", questions, "--responses", f"real={both}", "--out",
+                 tmp_path / "out2") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "record 2: its 'split' is 'synthetic' but the file was given as split 'real'" \
+        in err and "without a split" in err, err
+    assert not (tmp_path / "out2").exists()
+
+
 def test_repeated_choice_text_accepts_either_letter(tmp_path):
     questions = subset(REAL, ["validation_633"], tmp_path / "real_mc.json")  # C and D both "away from the camera"
     for response, accuracy in (("D", 100.0), ("C", 100.0), ("away from the camera", 100.0), ("B", 0.0)):

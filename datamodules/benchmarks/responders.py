@@ -69,7 +69,7 @@ def _looks_like_path(value: str) -> bool:
 # ----------------------------------------------------------------------------------------------- file
 class ResponsesFile:
     """Responses produced elsewhere: a JSON list or JSONL of {"id": ..., "response": ...} (scoring.read_responses
-    layout; `split` applies to records without a "split" field). A question the file does not answer gets None
+    layout: `split` is the file's split, or null when each record names its own in a "split" field). A question the file does not answer gets None
     (scored as missing); a null response gets "" (scored as unparsed)."""
 
     needs_frames = False
@@ -78,7 +78,8 @@ class ResponsesFile:
         self.path = Path(path)
         self.split = split
         self.responses: dict[QKey, str] = {}
-        for key, response in read_responses(self.path, split):  # BenchmarkFileError: one line naming the record
+        # BenchmarkFileError: one line naming the record
+        for key, response in read_responses(self.path, split, give_split="set model.params.split"):
             if key in self.responses:
                 raise ResponderError(f"{self.path}: second response for {key[0]}/{key[1]} "
                                      f"(give one response per question)")

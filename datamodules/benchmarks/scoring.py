@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from datamodules.benchmarks.answers import Judge, extract_choice
-from datamodules.benchmarks.questions import (MMWORLD_FLAGS, VLM4D_GROUPS, VLM4D_SPLITS, BenchmarkFileError, QKey,
-                                              Question, VideoReport, mmworld_id)
+from datamodules.benchmarks.questions import (MMWORLD_FLAGS, MMWORLD_SPLIT, VLM4D_GROUPS, VLM4D_SPLITS,
+                                              BenchmarkFileError, QKey, Question, VideoReport, mmworld_id)
+
+BENCHMARK_SPLITS = (*VLM4D_SPLITS, MMWORLD_SPLIT)
 
 
 # ----------------------------------------------------------------------------------------------- responses
@@ -53,10 +55,14 @@ def read_records(path: str | os.PathLike) -> list[tuple[int, Any]]:
     return records
 
 
-def read_responses(path: str | os.PathLike, split: str | None) -> list[tuple[QKey, str | None]]:
-    """(split, id) and response text of each record; `split` applies to records without a 'split' field.
+def read_responses(path: str | os.PathLike, split: str | None,
+                   give_split: str = "write --responses SPLIT=FILE") -> list[tuple[QKey, str | None]]:
+    """(split, id) and response text of each record.
 
-    An id is `id`, or for MMWorld `video_id` + `question_index`. Other fields are ignored.
+    An id is `id`, or for MMWorld `video_id` + `question_index`. Without `split` each record names its own in a
+    'split' field. With `split`, a record's 'split' field is ignored unless it names another of the benchmarks'
+    splits (a file holding both VLM4D splits given as one of them: an error, as VLM4D ids repeat across splits).
+    Other fields are ignored. `give_split` is the fix a record without any split is told.
     """
     path = Path(path)
     out = []
@@ -81,11 +87,19 @@ def read_responses(path: str | os.PathLike, split: str | None) -> list[tuple[QKe
         response = record["response"]
         if response is not None and not isinstance(response, str):
             raise BenchmarkFileError(f"{where}: 'response' is {type(response).__name__}, expected text")
-        record_split = record.get("split", split)
-        if record_split is None:
-            raise BenchmarkFileError(f"{where}: no 'split' field and the file was given without SPLIT= "
-                                     f"(write --responses SPLIT=FILE)")
-        out.append(((str(record_split), qid), response))
+        record_split = record.get("split")
+        if split is None:
+            if record_split is None:
+                raise BenchmarkFileError(f"{where}: no 'split' field and the file was given without a split "
+                                         f"({give_split})")
+            split_of_record = str(record_split)
+        elif record_split is not None and str(record_split) != split and str(record_split) in BENCHMARK_SPLITS:
+            raise BenchmarkFileError(f"{where}: its 'split' is {record_split!r} but the file was given as split "
+                                     f"{split!r} (give the file without a split to use its records' own, or "
+                                     f"fix the records)")
+        else:
+            split_of_record = split
+        out.append(((split_of_record, qid), response))
     return out
 
 
