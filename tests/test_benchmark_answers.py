@@ -18,6 +18,9 @@ MMWORLD = {"a": "The reason might be to imply the practical uses of Atlas in a c
            "c": "The engineer is controlling the robot manually",
            "d": "The engineer is instructing Atlas to build a house"}
 NESTED = {"A": "left", "B": "left and towards the camera", "C": "right", "D": "not moving"}
+CAMERA = {"A": "towards the camera", "B": "away from the camera", "C": "left", "D": "right"}
+WEIGHED = ("A) right - the car does not drift that way. B) left - no. C) not moving - the car stays where it is. "
+           "D) towards the camera - it keeps its size. So C.")
 
 COT = ("Option A would mean the car moves right and option C that it stays still. Across the frames the car "
        "drifts towards the left edge.\nThe final answer is: B")
@@ -71,10 +74,34 @@ CASES = [
     ("B, not A", DIRECTIONS, "B"),
     ("It isn't (A); the answer is B and a car confirms it", DIRECTIONS, "B"),
     ("A right turn is made", DIRECTIONS, "A"),  # no letter: "right" is the text of A
+    # negated option texts name nothing
+    ("The car is not going left.", DIRECTIONS, None),
+    ("The car doesn't turn left; it turns right.", DIRECTIONS, "A"),
+    ("The answer is A because the car isn't moving left.", DIRECTIONS, "A"),
+    ("A. The car is getting closer, not moving away from the camera.", CAMERA, "A"),
+    ("The car does not move towards the camera; it drives away from the camera.", CAMERA, "B"),
+    ("It is not moving at all, but it was moving left before", DIRECTIONS, None),  # "but" ends the negation
+    # a closing "So X." after weighing every option
+    (WEIGHED, DIRECTIONS, "C"),
+    ("Therefore, (D).", DIRECTIONS, "D"),
+    ("So A is wrong and B is wrong.", DIRECTIONS, None),  # concludes nothing: two letters
+    ("So A man walks left", DIRECTIONS, "B"),  # "A" is an article: the text names B
     ("", DIRECTIONS, None),
     ("   \n", DIRECTIONS, None),
     (None, DIRECTIONS, None),
 ]
+
+
+def test_long_whitespace_runs_do_not_stall_extraction():
+    import time
+
+    start = time.perf_counter()
+    for response in ("Answer" + "\n" * 5000 + "The car moves left.", "Option" + " \t" * 5000 + "x",
+                     "(" + " " * 5000 + "B" + " " * 5000 + ")"):
+        extract_choice(response, DIRECTIONS)
+    assert time.perf_counter() - start < 1.0
+    assert extract_choice("Answer" + "\n" * 5000 + "The car moves left.", DIRECTIONS) == "B"
+    assert extract_choice("(" + " " * 5000 + "B" + " " * 5000 + ")", DIRECTIONS) == "B"
 
 
 @pytest.mark.parametrize("response, options, expected", CASES)

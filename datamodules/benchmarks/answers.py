@@ -4,15 +4,17 @@
 (unparsed). Rules, first that applies wins:
   1. the whole response is a letter: "B", "(b)", "B.", "**B**", "Option B", "Answer: B";
   2. explicit answer statements ("the answer is B", "final answer: (B)", "correct option is B", "I choose B",
-     "answer: <option text>"): a "final answer" statement beats other statements, then the last one wins, so a
-     chain of thought that mentions other letters first still parses; "the answer is A or B" is unparsed;
+     "answer: <option text>", and a sentence "So C." / "Therefore, (C)." closing a response that weighs the
+     options): a "final answer" statement beats other statements, then the last one wins, so a chain of thought
+     that mentions other letters first still parses; "the answer is A or B" is unparsed;
   3. a letter opening the response followed by ".", ":", ")" or " - ": "B. text", "(B) text", "B: text";
   4. letters marked anywhere: "(B)", "option B", a capital option letter standing alone; two different
      letters are unparsed;
   5. the text of exactly one option inside the response (case, punctuation and spacing ignored; an option
      whose text lies inside a longer matched option's text does not count).
 "A" and "I" followed by an ordinary word are read as English ("A man is walking"), not as letters; lower-case
-letters count only where marked (rules 1-3, "(b)", "option b"); a negated letter ("not A") is no mention. A letter
+letters count only where marked (rules 1-3, "(b)", "option b"); a negated letter ("not A") is no mention, nor is
+an option's text with a negation in the few words before it in its clause ("does not turn left"). A letter
 whose own sentence names a different option's text and not its own ("B. The car moves left" where B is "right")
 is a contradiction: unparsed.
 
@@ -36,6 +38,14 @@ CHOOSE_VERBS = ("choose", "chose", "pick", "select", "go")
 AMBIGUOUS = object()  # a statement naming two options or contradicting itself
 _SENTENCE_END = re.compile(r"[.!?;]\s|[.!?;]$|\n")
 _LETTER_DELIMS = re.compile(r"[ \t.:)\]\-,]*")  # not newlines: a letter on its own line has no clause
+_WHITESPACE = re.compile(r"\s+")
+# An option's text is not named when one of the few words before it in its clause negates it ("does not turn
+# left", "isn't moving left", "not moving away from the camera"); "t" is what n't leaves after normalising.
+NEGATION_WORDS = {"not", "no", "never", "t", "neither", "nor", "without", "cannot"}
+NEGATION_REACH = 4  # words
+_CLAUSE_WORDS = {"but", "however", "instead", "rather", "whereas", "although", "though"}  # they end a negation
+_WORD_OR_STOP = re.compile(r"[0-9a-z]+|[,;:.!?()\n]")
+CONCLUSION_WORDS = ("so", "therefore", "thus", "hence")
 
 
 @functools.lru_cache(maxsize=64)
@@ -46,7 +56,8 @@ def _patterns(keys: tuple[str, ...]) -> dict[str, re.Pattern]:
     after = rf"\s*(?:(?:option|choice|letter)\s+)?[(\[\"']?\s*(?P<letter>[{both}])(?![A-Za-z0-9])"
     statement = (rf"\b(?:(?P<final>final)\s+|(?:correct|best|right|most\s+likely)\s+)?answer{verb}"
                  rf"|\b(?:(?P<final2>final)|correct|best|right)\s+(?:option|choice){verb}"
-                 rf"|\b(?:choose|chose|pick|select|go\s+with)\b")
+                 rf"|\b(?:choose|chose|pick|select|go\s+with)\b"
+                 rf"|\b(?P<conclusion>{'|'.join(CONCLUSION_WORDS)})\b,?")
     return {
         "whole": re.compile(rf"^[(\[]?\s*(?:(?:option|choice|answer)\s*[:\-]?\s*)?[(\[]?\s*([{both}])\s*[)\]]?\s*"
                             rf"[.:)]?\s*$", re.I),
@@ -61,7 +72,9 @@ def _patterns(keys: tuple[str, ...]) -> dict[str, re.Pattern]:
 
 
 def _clean(response: str) -> str:
-    return re.sub(r"[*_`]{1,3}", "", response).strip()  # markdown emphasis around letters: **B**, __B__, `B`
+    text = re.sub(r"[*_`]{1,3}", "", response)  # markdown emphasis around letters: **B**, __B__, `B`
+    # one space or newline per whitespace run: the patterns' adjacent \s* then cannot backtrack over long runs
+    return _WHITESPACE.sub(lambda m: "\n" if "\n" in m.group() else " ", text).strip()
 
 
 def _norm_text(text: str) -> str:
@@ -80,16 +93,32 @@ def _negated(text: str, start: int) -> bool:
     return bool(_NEGATION.search(text[max(0, start - 24):start]))
 
 
+def _negated_words(text: str) -> list[bool]:
+    """For each word of _norm_text(text): whether a negation word precedes it within NEGATION_REACH words of its
+    clause (punctuation and words such as "but" end a clause)."""
+    negated, recent = [], []  # recent: the clause's last words
+    for token in _WORD_OR_STOP.findall(text.casefold()):
+        if not token[0].isalnum():
+            recent = []
+            continue
+        negated.append(any(w in NEGATION_WORDS for w in recent[-NEGATION_REACH:]))
+        recent = [] if token in _CLAUSE_WORDS else recent + [token]
+    return negated
+
+
 def _text_groups(text: str, options: Mapping[str, str]) -> list[str]:
-    """Normalised option texts found in `text` (whole words), dropping those inside a longer found text."""
+    """Normalised option texts found in `text` (whole words, not negated), dropping those inside a longer found
+    text."""
     hay = f" {_norm_text(text)} "
+    negated = _negated_words(text)
     spans = []
     for norm in {_norm_text(v) for v in options.values()} - {""}:
         start = hay.find(f" {norm} ")
         while start != -1:
-            spans.append((start, start + len(norm) + 2, norm))
+            spans.append((start, start + len(norm) + 2, norm, negated[len(hay[:start].split())]))
             start = hay.find(f" {norm} ", start + 1)
-    kept = {n for s, e, n in spans if not any(s2 <= s and e <= e2 and len(n2) > len(n) for s2, e2, n2 in spans)}
+    kept = {n for s, e, n, neg in spans
+            if not neg and not any(s2 <= s and e <= e2 and len(n2) > len(n) for s2, e2, n2, _ in spans)}
     return sorted(kept)
 
 
@@ -134,6 +163,11 @@ def extract_choice(response: str | None, options: Mapping[str, str]) -> str | No
     for m in pat["statement"].finditer(text):
         final = bool(m.group("final") or m.group("final2"))
         after = pat["after"].match(text, m.end())
+        if m.group("conclusion"):  # "So C." ends a list of options weighed; "so A is wrong" concludes nothing
+            if after and not _is_article(text, after.end(), after.group("letter")) \
+                    and not _clause_after(text, after.end()).strip():
+                statements.append((False, m.start(), _key(after.group("letter"), options)))
+            continue
         if after and not _is_article(text, after.end(), after.group("letter")):
             other = pat["or_other"].match(text, after.end())
             if other and not _is_article(text, other.end(), other.group(1)):
