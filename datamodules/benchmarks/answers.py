@@ -23,6 +23,7 @@ Scoring (responses files, accuracy summaries) is in scoring.py; unparsed answers
 
 from __future__ import annotations
 
+import bisect
 import functools
 import os
 import re
@@ -101,8 +102,8 @@ def _negated_words(text: str) -> list[bool]:
         if not token[0].isalnum():
             recent = []
             continue
-        negated.append(any(w in NEGATION_WORDS for w in recent[-NEGATION_REACH:]))
-        recent = [] if token in _CLAUSE_WORDS else recent + [token]
+        negated.append(any(w in NEGATION_WORDS for w in recent))
+        recent = [] if token in _CLAUSE_WORDS else [*recent[1 - NEGATION_REACH:], token]
     return negated
 
 
@@ -111,15 +112,26 @@ def _text_groups(text: str, options: Mapping[str, str]) -> list[str]:
     text."""
     hay = f" {_norm_text(text)} "
     negated = _negated_words(text)
-    spans = []
+    spaces = [i for i, c in enumerate(hay) if c == " "]  # the k-th space opens word k
+    starts: dict[str, list[int]] = {}  # option text -> where it occurs in hay, ascending
     for norm in {_norm_text(v) for v in options.values()} - {""}:
-        start = hay.find(f" {norm} ")
+        found, start = [], hay.find(f" {norm} ")
         while start != -1:
-            spans.append((start, start + len(norm) + 2, norm, negated[len(hay[:start].split())]))
+            found.append(start)
             start = hay.find(f" {norm} ", start + 1)
-    kept = {n for s, e, n, neg in spans
-            if not neg and not any(s2 <= s and e <= e2 and len(n2) > len(n) for s2, e2, n2, _ in spans)}
-    return sorted(kept)
+        if found:
+            starts[norm] = found
+
+    def inside_longer(start: int, norm: str) -> bool:
+        for longer, at in starts.items():
+            if len(longer) > len(norm):
+                k = bisect.bisect_right(at, start) - 1  # the last occurrence opening at or before `start`
+                if k >= 0 and at[k] + len(longer) >= start + len(norm):
+                    return True
+        return False
+
+    return sorted(norm for norm, at in starts.items()
+                  if any(not negated[bisect.bisect_left(spaces, s)] and not inside_longer(s, norm) for s in at))
 
 
 def _letter_of_text(norm: str, options: Mapping[str, str]) -> str:
