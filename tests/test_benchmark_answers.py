@@ -18,6 +18,7 @@ MMWORLD = {"a": "The reason might be to imply the practical uses of Atlas in a c
            "c": "The engineer is controlling the robot manually",
            "d": "The engineer is instructing Atlas to build a house"}
 NESTED = {"A": "left", "B": "left and towards the camera", "C": "right", "D": "not moving"}
+ROTATION = {"A": "clockwise", "B": "counterclockwise", "C": "not rotating", "D": "moving up"}
 CAMERA = {"A": "towards the camera", "B": "away from the camera", "C": "left", "D": "right"}
 WEIGHED = ("A) right - the car does not drift that way. B) left - no. C) not moving - the car stays where it is. "
            "D) towards the camera - it keeps its size. So C.")
@@ -86,6 +87,27 @@ CASES = [
     ("Therefore, (D).", DIRECTIONS, "D"),
     ("So A is wrong and B is wrong.", DIRECTIONS, None),  # concludes nothing: two letters
     ("So A man walks left", DIRECTIONS, "B"),  # "A" is an article: the text names B
+    # spellings of one direction
+    ("Counter-clockwise", ROTATION, "B"),
+    ("anti-clockwise", ROTATION, "B"),
+    ("The fan spins counter clockwise.", ROTATION, "B"),  # not "clockwise" inside it
+    ("clockwise", ROTATION, "A"),
+    ("It comes toward the camera", DIRECTIONS, "D"),
+    # an option text starting with a negation, followed by another option's text, negates that one
+    ("The car is not moving left; it is moving right.", DIRECTIONS, "A"),
+    ("It is not rotating clockwise. It rotates counterclockwise.", ROTATION, "B"),
+    ("The car is not moving, left of the tree.", DIRECTIONS, None),  # the comma ends it: two texts named
+    # the options listed back are not an answer
+    ("A. right\nB. left\nC. not moving\nD. towards the camera", DIRECTIONS, None),
+    ("A) right, B) left", DIRECTIONS, None),
+    ("N/A", DIRECTIONS, None),
+    # corrections and explanations after the letter
+    ("The answer is B. Actually, wait, it's C.", DIRECTIONS, "C"),
+    ("B. Wait, no, it is A.", DIRECTIONS, "A"),
+    ("I first thought A, but it's actually D.", DIRECTIONS, "D"),
+    ("It is A, because the car drives right.", DIRECTIONS, "A"),
+    ("It is a car.", DIRECTIONS, None),
+    ("The answer is B. Explanation: in the first frames the car is on the right.", DIRECTIONS, "B"),
     ("", DIRECTIONS, None),
     ("   \n", DIRECTIONS, None),
     (None, DIRECTIONS, None),

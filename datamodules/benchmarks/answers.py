@@ -4,19 +4,23 @@
 (unparsed). Rules, first that applies wins:
   1. the whole response is a letter: "B", "(b)", "B.", "**B**", "Option B", "Answer: B";
   2. explicit answer statements ("the answer is B", "final answer: (B)", "correct option is B", "I choose B",
-     "answer: <option text>", and a sentence "So C." / "Therefore, (C)." closing a response that weighs the
-     options): a "final answer" statement beats other statements, then the last one wins, so a chain of thought
-     that mentions other letters first still parses; "the answer is A or B" is unparsed;
-  3. a letter opening the response followed by ".", ":", ")" or " - ": "B. text", "(B) text", "B: text";
-  4. letters marked anywhere: "(B)", "option B", a capital option letter standing alone; two different
-     letters are unparsed;
+     "answer: <option text>"), and sentences that end on a letter: "So C." / "Therefore, (C)." closing a
+     response that weighs the options, a correction "Wait, it's C." / "it's actually C, because ...": a "final
+     answer" statement beats other statements, then the last one wins, so a chain of thought that mentions
+     other letters first still parses; "the answer is A or B" is unparsed;
+  3. a letter opening the response followed by ".", ":", ")" or " - ": "B. text", "(B) text", "B: text" --
+     unless the response lists the options back ("A. left\nB. right", "A) left, B) right");
+  4. letters marked anywhere: "(B)", "option B", a capital option letter standing alone (not "N/A"); two
+     different letters are unparsed;
   5. the text of exactly one option inside the response (case, punctuation and spacing ignored; an option
-     whose text lies inside a longer matched option's text does not count).
+     whose text lies inside a longer matched option's text does not count; "counter-clockwise", "counter
+     clockwise" and "anticlockwise" are "counterclockwise", "toward" is "towards").
 "A" and "I" followed by an ordinary word are read as English ("A man is walking"), not as letters; lower-case
 letters count only where marked (rules 1-3, "(b)", "option b"); a negated letter ("not A") is no mention, nor is
-an option's text with a negation in the few words before it in its clause ("does not turn left"). A letter
-whose own sentence names a different option's text and not its own ("B. The car moves left" where B is "right")
-is a contradiction: unparsed.
+an option's text with a negation in the few words before it in its clause ("does not turn left"; "not moving
+left", where "not moving" is an option too, negates "left"). A letter whose own sentence names a different
+option's text and not its own ("B. The car moves left" where B is "right") is a contradiction: unparsed; a
+sentence that opens with "Explanation:" or "because" is reasoning, not a contradiction.
 
 Scoring (responses files, accuracy summaries) is in scoring.py; unparsed answers count as wrong there.
 """
@@ -47,6 +51,12 @@ NEGATION_REACH = 4  # words
 _CLAUSE_WORDS = {"but", "however", "instead", "rather", "whereas", "although", "though"}  # they end a negation
 _WORD_OR_STOP = re.compile(r"[0-9a-z]+|[,;:.!?()\n]")
 CONCLUSION_WORDS = ("so", "therefore", "thus", "hence")
+REASON_WORDS = ("because", "since", "as", "given")  # may follow a concluding letter: "So C, because ..."
+# "B. Explanation: in the first frame the car is at the left ..." is reasoning, not B's own sentence
+_EXPLANATION = re.compile(r"[)\]\"']?[.!:,]?\s*(?:explanation|reason(?:ing)?|because|since)\b", re.I)
+# Spellings of one direction, made one word on both the response's and the options' side.
+SPELLINGS = {"anticlockwise": "counterclockwise", "toward": "towards"}
+JOINED_SPELLINGS = {("counter", "clockwise"): "counterclockwise", ("anti", "clockwise"): "counterclockwise"}
 
 
 @functools.lru_cache(maxsize=64)
@@ -58,7 +68,7 @@ def _patterns(keys: tuple[str, ...]) -> dict[str, re.Pattern]:
     statement = (rf"\b(?:(?P<final>final)\s+|(?:correct|best|right|most\s+likely)\s+)?answer{verb}"
                  rf"|\b(?:(?P<final2>final)|correct|best|right)\s+(?:option|choice){verb}"
                  rf"|\b(?:choose|chose|pick|select|go\s+with)\b"
-                 rf"|\b(?P<conclusion>{'|'.join(CONCLUSION_WORDS)})\b,?")
+                 rf"|\b(?P<conclusion>{'|'.join(CONCLUSION_WORDS)}|it(?:'s|’s|\s+is)(?:\s+actually)?)\b,?")
     return {
         "whole": re.compile(rf"^[(\[]?\s*(?:(?:option|choice|answer)\s*[:\-]?\s*)?[(\[]?\s*([{both}])\s*[)\]]?\s*"
                             rf"[.:)]?\s*$", re.I),
@@ -66,7 +76,8 @@ def _patterns(keys: tuple[str, ...]) -> dict[str, re.Pattern]:
         "after": re.compile(after, re.I),
         "leading": re.compile(rf"^[(\[]?([{both}])(?:[)\]]|[.:](?![A-Za-z0-9])|\s+-\s|\s*\n|\s*$)"),
         "marked": re.compile(rf"[(\[]([{both}])[)\]]|\b(?:option|choice|letter)\s+([{both}])(?![A-Za-z0-9])", re.I),
-        "capital": re.compile(rf"(?<![A-Za-z0-9'’])([{upper}])(?![A-Za-z0-9'’]|\.[A-Za-z])"),
+        "capital": re.compile(rf"(?<![A-Za-z0-9'’/])([{upper}])(?![A-Za-z0-9'’/]|\.[A-Za-z])"),  # not N/A
+        "list_item": re.compile(rf"(?:^|\n|[,;]\s*)[(\[]?([{both}])[.):](?:\s|$)"),
         "or_other": re.compile(rf"\s*(?:or|and|/)\s*(?:(?:option|choice)\s+)?[(\[]?\s*([{both}])(?![A-Za-z0-9])",
                                re.I),
     }
@@ -78,8 +89,19 @@ def _clean(response: str) -> str:
     return _WHITESPACE.sub(lambda m: "\n" if "\n" in m.group() else " ", text).strip()
 
 
+def _tokens(text: str) -> list[str]:
+    """Lower-case words and clause punctuation, spelling variants made one ("counter-clockwise", "toward")."""
+    out: list[str] = []
+    for token in _WORD_OR_STOP.findall(text.casefold()):
+        if out and (out[-1], token) in JOINED_SPELLINGS:
+            out[-1] = JOINED_SPELLINGS[(out[-1], token)]
+        else:
+            out.append(SPELLINGS.get(token, token))
+    return out
+
+
 def _norm_text(text: str) -> str:
-    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.casefold()).split())
+    return " ".join(t for t in _tokens(text) if t[0].isalnum())
 
 
 def _is_article(text: str, end: int, letter: str) -> bool:
@@ -94,25 +116,30 @@ def _negated(text: str, start: int) -> bool:
     return bool(_NEGATION.search(text[max(0, start - 24):start]))
 
 
-def _negated_words(text: str) -> list[bool]:
+def _word_context(text: str) -> tuple[list[bool], list[bool]]:
     """For each word of _norm_text(text): whether a negation word precedes it within NEGATION_REACH words of its
-    clause (punctuation and words such as "but" end a clause)."""
-    negated, recent = [], []  # recent: the clause's last words
-    for token in _WORD_OR_STOP.findall(text.casefold()):
+    clause (punctuation and words such as "but" end a clause), and whether punctuation comes right before it."""
+    negated, after_stop, recent, stop = [], [], [], False  # recent: the clause's last words
+    for token in _tokens(text):
         if not token[0].isalnum():
-            recent = []
+            recent, stop = [], True
             continue
         negated.append(any(w in NEGATION_WORDS for w in recent))
-        recent = [] if token in _CLAUSE_WORDS else [*recent[1 - NEGATION_REACH:], token]
-    return negated
+        after_stop.append(stop)
+        recent, stop = [] if token in _CLAUSE_WORDS else [*recent[1 - NEGATION_REACH:], token], False
+    return negated, after_stop
 
 
 def _text_groups(text: str, options: Mapping[str, str]) -> list[str]:
     """Normalised option texts found in `text` (whole words, not negated), dropping those inside a longer found
     text."""
     hay = f" {_norm_text(text)} "
-    negated = _negated_words(text)
+    negated, after_stop = _word_context(text)
     spaces = [i for i, c in enumerate(hay) if c == " "]  # the k-th space opens word k
+
+    def word(start: int) -> int:
+        return bisect.bisect_left(spaces, start)
+
     starts: dict[str, list[int]] = {}  # option text -> where it occurs in hay, ascending
     for norm in {_norm_text(v) for v in options.values()} - {""}:
         found, start = [], hay.find(f" {norm} ")
@@ -130,8 +157,16 @@ def _text_groups(text: str, options: Mapping[str, str]) -> list[str]:
                     return True
         return False
 
+    found_at = {s for at in starts.values() for s in at}
+
+    def negates_next(start: int, norm: str) -> bool:
+        """"not moving left" where "not moving" and "left" are both options says "left" is wrong."""
+        end = start + len(norm) + 1
+        return norm.split(" ", 1)[0] in NEGATION_WORDS and end in found_at and not after_stop[word(end)]
+
     return sorted(norm for norm, at in starts.items()
-                  if any(not negated[bisect.bisect_left(spaces, s)] and not inside_longer(s, norm) for s in at))
+                  if any(not negated[word(s)] and not inside_longer(s, norm)
+                         and not negates_next(s, norm) for s in at))
 
 
 def _letter_of_text(norm: str, options: Mapping[str, str]) -> str:
@@ -151,6 +186,8 @@ def _clause_after(text: str, end: int) -> str:
 
 def _consistent(text: str, end: int, key: str, options: Mapping[str, str]) -> bool:
     """False when the letter's own sentence names another option's text and not the letter's."""
+    if _EXPLANATION.match(text, end):
+        return True
     named = _text_groups(_clause_after(text, end), options)
     return not named or _norm_text(options[key]) in named
 
@@ -175,10 +212,11 @@ def extract_choice(response: str | None, options: Mapping[str, str]) -> str | No
     for m in pat["statement"].finditer(text):
         final = bool(m.group("final") or m.group("final2"))
         after = pat["after"].match(text, m.end())
-        if m.group("conclusion"):  # "So C." ends a list of options weighed; "so A is wrong" concludes nothing
-            if after and not _is_article(text, after.end(), after.group("letter")) \
-                    and not _clause_after(text, after.end()).strip():
-                statements.append((False, m.start(), _key(after.group("letter"), options)))
+        if m.group("conclusion"):  # "So C." / "Wait, it's C." end a response; "so A is wrong" concludes nothing
+            if after and not _is_article(text, after.end(), after.group("letter")):
+                rest = _clause_after(text, after.end()).strip().lower()
+                if not rest or rest.startswith(REASON_WORDS):
+                    statements.append((False, m.start(), _key(after.group("letter"), options)))
             continue
         if after and not _is_article(text, after.end(), after.group("letter")):
             other = pat["or_other"].match(text, after.end())
@@ -198,7 +236,8 @@ def extract_choice(response: str | None, options: Mapping[str, str]) -> str | No
         return None if chosen is AMBIGUOUS else chosen
 
     leading = pat["leading"].match(text)
-    if leading and not _is_article(text, leading.end(1), leading.group(1)):
+    listed = {m.group(1).upper() for m in pat["list_item"].finditer(text)}  # "A. left\nB. right": the options
+    if leading and len(listed) < 2 and not _is_article(text, leading.end(1), leading.group(1)):
         return _decide(text, leading.end(1), leading.group(1), options)
 
     mentions = [(m.end(), m.group(1) or m.group(2), m.start()) for m in pat["marked"].finditer(text)]
