@@ -69,8 +69,8 @@ def _looks_like_path(value: str) -> bool:
 # ----------------------------------------------------------------------------------------------- file
 class ResponsesFile:
     """Responses produced elsewhere: a JSON list or JSONL of {"id": ..., "response": ...} (scoring.read_responses
-    layout: `split` is the file's split, or null when each record names its own in a "split" field). A question the file does not answer gets None
-    (scored as missing); a null response gets "" (scored as unparsed)."""
+    layout: `split` is the file's split, or null when each record names its own in a "split" field). A question
+    the file does not answer gets None (scored as missing); a null response gets "" (scored as unparsed)."""
 
     needs_frames = False
 

@@ -71,7 +71,7 @@ def read_run_records(path: str | os.PathLike, repair: bool = True) -> dict[QKey,
         try:
             record = json.loads(line)
             key = (str(record["split"]), str(record["id"]))
-            record["response"]
+            record["response"]  # KeyError: not a response record
         except (ValueError, KeyError, TypeError) as e:
             raise BenchmarkFileError(f"{path}: line {n} is not a {{\"split\", \"id\", \"response\"}} record "
                                      f"({type(e).__name__}); delete the line (its question is asked again) "
@@ -91,7 +91,8 @@ def read_run_responses(path: str | os.PathLike, repair: bool = True) -> dict[QKe
 
 
 def check_same_questions(path: Path, records: Mapping[QKey, Mapping[str, Any]], questions: Sequence[Question]) -> None:
-    """Refuse responses recorded for a question that has changed since (same id, other video/text/options)."""
+    """Refuse responses recorded for a question that has changed since (same id, other video/text/options).
+    A line without "asked" (written before the digest was recorded) is taken as answering the same question."""
     changed = [q.key for q in questions
                if q.key in records and records[q.key].get("asked", q.asked_digest) != q.asked_digest]
     if changed:
