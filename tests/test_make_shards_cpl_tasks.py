@@ -12,15 +12,7 @@ from PIL import Image
 from datamodules.shards import read_index
 from launch import make_shards
 from launch.make_shards import normalize_answer
-from tests.test_shards import all_samples as samples, make
-
-
-def assert_bad(rc_err: tuple[int, str], needle: str, out: Path) -> None:
-    rc, err = rc_err
-    assert rc == 2, err
-    assert err.count("\n") == 1 and needle in err, err
-    if out.exists():
-        assert not list(out.rglob("index.json")) and not list(out.rglob("*.tar")) and not list(out.rglob("*.tmp"))
+from tests.test_shards import all_samples as samples, assert_bad, make
 
 
 # --------------------------------------------------------------------------------------------------- retrieval

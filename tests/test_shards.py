@@ -305,7 +305,7 @@ def test_classification_base_new_and_folder(tmp_path, coop):
     assert [g[0] for g in got] == sorted(g[0] for g in got)
 
 
-def _assert_bad(rc_err: tuple[int, str], needle: str, out: Path) -> None:
+def assert_bad(rc_err: tuple[int, str], needle: str, out: Path) -> None:
     rc, err = rc_err
     assert rc == 2, err
     assert err.count("\n") == 1 and needle in err, err
@@ -317,30 +317,30 @@ def test_bad_inputs(tmp_path, coop):
     path, root = coop
     out = tmp_path / "out"
     base = ["classification", "--root", str(root), "--out", str(out)]
-    _assert_bad(make(*base, "--split-json", str(tmp_path / "nope.json")), "nope.json", out)
-    _assert_bad(make("classification", "--images", str(tmp_path / "nodir"), "--out", str(out)), "nodir", out)
-    _assert_bad(make(*base, "--split-json", str(path), "--shots", "5"), "'cat'", out)
+    assert_bad(make(*base, "--split-json", str(tmp_path / "nope.json")), "nope.json", out)
+    assert_bad(make("classification", "--images", str(tmp_path / "nodir"), "--out", str(out)), "nodir", out)
+    assert_bad(make(*base, "--split-json", str(path), "--shots", "5"), "'cat'", out)
     data = json.loads(path.read_text())
     data["test"][-1][2] = "cat"  # label 4 named cat
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(data))
-    _assert_bad(make(*base, "--split-json", str(bad)), "bad.json", out)
+    assert_bad(make(*base, "--split-json", str(bad)), "bad.json", out)
     data = json.loads(path.read_text())
     data["test"].append(["cat/missing.png", 0, "cat"])
     bad.write_text(json.dumps(data))
-    _assert_bad(make(*base, "--split-json", str(bad)), "missing.png", out)
+    assert_bad(make(*base, "--split-json", str(bad)), "missing.png", out)
     data = json.loads(path.read_text())
     Image.new("RGB", (6, 5)).save(root / "unicorn.png")
     data["test"].append(["unicorn.png", len(CLASSES), "unicorn"])  # a class no training image has
     bad.write_text(json.dumps(data))
-    _assert_bad(make(*base, "--split-json", str(bad)), "test has class 'unicorn'", out)
+    assert_bad(make(*base, "--split-json", str(bad)), "test has class 'unicorn'", out)
     (root / "gnu" / "5.png").write_bytes(b"not a png")  # in test split: train and val would be fine
-    _assert_bad(make(*base, "--split-json", str(path)), "5.png", out)
-    _assert_bad(make("synthetic-shapes", "--out", str(out), "--num", "3", "--shard-size", "12XB"), "--shard-size",
+    assert_bad(make(*base, "--split-json", str(path)), "5.png", out)
+    assert_bad(make("synthetic-shapes", "--out", str(out), "--num", "3", "--shard-size", "12XB"), "--shard-size",
                 out)
-    _assert_bad(make("synthetic-shapes", "--out", str(out), "--num", "3", "--spurious", "2"), "--spurious", out)
-    _assert_bad(make("synthetic-shapes", "--num", "3"), "--out", out)
-    _assert_bad(make("nokind"), "nokind", out)
+    assert_bad(make("synthetic-shapes", "--out", str(out), "--num", "3", "--spurious", "2"), "--spurious", out)
+    assert_bad(make("synthetic-shapes", "--num", "3"), "--out", out)
+    assert_bad(make("nokind"), "nokind", out)
 
 
 def test_cli_subprocess(tmp_path):
@@ -404,14 +404,14 @@ def test_captions_bad_inputs(tmp_path, caption_files):
     jsonl, csv_path, root = caption_files
     out = tmp_path / "out"
     base = ["captions", "--root", str(root), "--out", str(out)]
-    _assert_bad(make(*base, "--captions", str(csv_path), "--caption-column", "text"), "'text'", out)
-    _assert_bad(make(*base, "--captions", str(jsonl), "--conditions", "seg"), "caps.jsonl:1: missing column 'seg'",
+    assert_bad(make(*base, "--captions", str(csv_path), "--caption-column", "text"), "'text'", out)
+    assert_bad(make(*base, "--captions", str(jsonl), "--conditions", "seg"), "caps.jsonl:1: missing column 'seg'",
                 out)
-    _assert_bad(make(*base, "--captions", str(tmp_path / "none.jsonl")), "none.jsonl", out)
+    assert_bad(make(*base, "--captions", str(tmp_path / "none.jsonl")), "none.jsonl", out)
     (root / "depth" / "3.png").write_bytes(b"garbage")
-    _assert_bad(make(*base, "--captions", str(jsonl), "--conditions", "depth"), "3.png", out)
+    assert_bad(make(*base, "--captions", str(jsonl), "--conditions", "depth"), "3.png", out)
     (root / "img" / "4.png").unlink()
-    _assert_bad(make(*base, "--captions", str(jsonl)), "4.png", out)
+    assert_bad(make(*base, "--captions", str(jsonl)), "4.png", out)
 
 
 # ---------------------------------------------------------------------------------------------------- motion
@@ -498,8 +498,8 @@ def test_video(tmp_path):
     (root / "broken.mp4").write_bytes(b"nope")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"video": "broken.mp4", "caption": "x"}) + "\n")
-    _assert_bad(make("video", "--out", str(out), "--videos", str(bad), "--root", str(root)), "broken.mp4", out)
+    assert_bad(make("video", "--out", str(out), "--videos", str(bad), "--root", str(root)), "broken.mp4", out)
     bad.write_text(json.dumps({"video": "v0.mp4", "caption": "x", "boxes": [[0, 0, 1, 1]]}) + "\n")
-    _assert_bad(make("video", "--out", str(out), "--videos", str(bad), "--root", str(root)), "bad.jsonl:1", out)
+    assert_bad(make("video", "--out", str(out), "--videos", str(bad), "--root", str(root)), "bad.jsonl:1", out)
     bad.write_text(json.dumps({"video": "v0.mp4"}) + "\n")
-    _assert_bad(make("video", "--out", str(out), "--videos", str(bad), "--root", str(root)), "'caption'", out)
+    assert_bad(make("video", "--out", str(out), "--videos", str(bad), "--root", str(root)), "'caption'", out)
