@@ -36,7 +36,7 @@ from datamodules.benchmarks.questions import (BENCHMARKS, Question, VideoReport,
                                               resolve_video)
 from datamodules.benchmarks.scoring import score_responses, summarize
 from datamodules.benchmarks.subset import stratified_subset
-from launch.runs import atomic_write_text
+from datamodules.files import atomic_write_text
 
 DEFAULT_PREFIX = "benchmark"
 

@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from launch.signals import SignalFlag
+from callbacks.signals import SignalFlag
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ Nothing here writes anywhere: reading a dataset never modifies its directory.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Any, Sequence
 import braceexpand
 import webdataset as wds
 
+from datamodules.files import sha256_file
 from datamodules.shards import INDEX_FILE, DatasetError, read_index
 
 # webdataset's convention: KEY is everything up to the first dot of the file name (directories included).
@@ -121,17 +121,9 @@ def _has_data_after(f: Any, offset: int) -> bool:
     return False
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_sha256(directory: Path, shards: list[Shard], threads: int = 4) -> None:
     with ThreadPoolExecutor(threads) as pool:  # hashlib releases the GIL: threads hash shards in parallel
-        digests = list(pool.map(lambda s: _sha256(s.url), shards))
+        digests = list(pool.map(lambda s: sha256_file(s.url), shards))
     for shard, digest in zip(shards, digests):
         if digest != shard.sha256:
             raise DatasetError(f"{shard.url}: sha256 does not match {directory / INDEX_FILE} (the shard was changed "

@@ -4,8 +4,8 @@ Format ("worldbridge-shards/1"):
 - a shard is a POSIX (ustar) tar; a sample is a run of consecutive members `KEY.EXT` sharing KEY (no dots or
   slashes in KEY), members of a sample in sorted EXT order; every member has mtime=0, uid=gid=0,
   uname=gname="", mode 0o444, so the same input gives byte-identical shards;
-- shards are written as `.NAME-%06d.tar.tmp` and renamed when complete; `index.json` is written last, atomically,
-  only after every shard is in place. A shard is closed before a sample that would take it past `shard_size`
+- shards are written under a temporary name (datamodules/files.py) and renamed when complete; `index.json` is written
+  last, atomically, only after every shard is in place. A shard is closed before a sample that would take it past `shard_size`
   bytes (a lone sample larger than that gets a shard of its own) or past `max_samples` samples;
 - `index.json`: {"format", "name", "shards": [{"file", "samples", "bytes", "sha256", "first_key", "offsets"}],
   "total_samples", "keys", "metadata", "command", "seed"}; `offsets[i]` is the byte offset of sample i's first
@@ -14,7 +14,6 @@ Format ("worldbridge-shards/1"):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import multiprocessing
@@ -24,6 +23,8 @@ import sys
 import tarfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from datamodules.files import AtomicFile, atomic_write_text, sha256_file
 
 FORMAT = "worldbridge-shards/1"
 INDEX_FILE = "index.json"
@@ -107,8 +108,7 @@ class ShardWriter:
         self.keys: set[str] | None = None
         self._seen: set[str] = set()
         self._tar: tarfile.TarFile | None = None
-        self._fh: Any = None
-        self._tmp: Path | None = None
+        self._file: AtomicFile | None = None
         self._cur: dict[str, Any] | None = None
         self._closed = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -131,27 +131,19 @@ class ShardWriter:
 
     def _open_shard(self, first_key: str) -> None:
         i = len(self.shards)
-        self._tmp = self.out_dir / f".{self._shard_file(i)}.tmp"
-        self._fh = open(self._tmp, "wb")
-        self._tar = tarfile.open(fileobj=self._fh, mode="w", format=tarfile.USTAR_FORMAT)
+        self._file = AtomicFile(self.out_dir / self._shard_file(i), "wb")
+        self._tar = tarfile.open(fileobj=self._file.file, mode="w", format=tarfile.USTAR_FORMAT)
         self._cur = {"file": self._shard_file(i), "samples": 0, "bytes": 0, "sha256": "", "first_key": first_key,
                      "offsets": []}
 
     def _close_shard(self) -> None:
-        assert self._tar is not None and self._cur is not None and self._tmp is not None
+        assert self._tar is not None and self._cur is not None and self._file is not None
         self._tar.close()
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self._fh.close()
-        digest = hashlib.sha256()
-        with open(self._tmp, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        self._cur["bytes"] = self._tmp.stat().st_size
-        self._cur["sha256"] = digest.hexdigest()
-        os.replace(self._tmp, self.out_dir / self._cur["file"])
-        self.shards.append(self._cur)
-        self._tar = self._fh = self._tmp = self._cur = None
+        path = self._file.commit()
+        self.shards.append(self._cur)  # listed first: abort() removes it if hashing fails
+        self._cur["bytes"] = path.stat().st_size
+        self._cur["sha256"] = sha256_file(path)
+        self._tar = self._file = self._cur = None
 
     def write(self, key: str, fields: Mapping[str, bytes]) -> None:
         if self._closed:
@@ -204,13 +196,7 @@ class ShardWriter:
                 "command": self.command,
                 "seed": self.seed,
             }
-            tmp = self.out_dir / f".{INDEX_FILE}.tmp"
-            with open(tmp, "w") as f:
-                json.dump(index, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.out_dir / INDEX_FILE)
+            atomic_write_text(self.out_dir / INDEX_FILE, json.dumps(index, indent=1, sort_keys=True) + "\n")
         except BaseException:
             self.abort()
             raise
@@ -223,16 +209,13 @@ class ShardWriter:
         try:
             if self._tar is not None:
                 self._tar.close()
-            if self._fh is not None:
-                self._fh.close()
-        except Exception:
+        except Exception:  # the shard is being thrown away; only its removal matters
             pass
-        if self._tmp is not None:
-            self._tmp.unlink(missing_ok=True)
+        if self._file is not None:
+            self._file.discard()
         for shard in self.shards:
             (self.out_dir / shard["file"]).unlink(missing_ok=True)
-        (self.out_dir / f".{INDEX_FILE}.tmp").unlink(missing_ok=True)
-        self._tar = self._fh = self._tmp = self._cur = None
+        self._tar = self._file = self._cur = None
 
 
 def _encode_one(args: tuple[Callable[[Any], tuple[str, dict[str, bytes]]], Any]) -> tuple[str, dict[str, bytes]]:
@@ -314,11 +297,7 @@ def read_index(directory: str | os.PathLike, verify: bool = False) -> dict[str, 
         if actual != nbytes:
             raise DatasetError(f"{shard_path}: {actual} bytes, {path} says {nbytes} (truncated or replaced)")
         if verify:
-            digest = hashlib.sha256()
-            with open(shard_path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-            if digest.hexdigest() != shard["sha256"]:
+            if sha256_file(shard_path) != shard["sha256"]:
                 raise DatasetError(f"{shard_path}: sha256 does not match {path}")
         total += samples
     if total != index["total_samples"]:

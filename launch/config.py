@@ -21,6 +21,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from datamodules.errors import UsageError
+
 # Modules whose objects a config may build. Anything else is refused before import, so a config
 # cannot run arbitrary code by naming it.
 ALLOWED_TARGET_PREFIXES = (
@@ -38,14 +40,6 @@ ALLOWED_TARGET_PREFIXES = (
 
 SECTIONS = ("base", "run", "model", "data", "trainer", "callbacks", "slurm")
 COMMAND_LINE = "command line"
-
-
-class UsageError(Exception):
-    """A mistake the user can fix; printed as one line per problem, exit code 2, no traceback."""
-
-    def __init__(self, lines: list[str] | str):
-        self.lines = [lines] if isinstance(lines, str) else list(lines)
-        super().__init__("\n".join(self.lines))
 
 
 @dataclass(frozen=True)

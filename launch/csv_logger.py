@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from launch.runs import atomic_write_text
+from datamodules.files import atomic_write_text
 
 
 class _ResumedExperimentWriter(ExperimentWriter):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from launch.signals import SignalFlag
+from callbacks.signals import SignalFlag
 
 # Installed before the heavy imports: a preemption signal that arrives while the job is still starting is
 # recorded (and acted upon at the first step boundary) instead of killing the process.

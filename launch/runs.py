@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -15,11 +14,11 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from launch.config import UsageError
+from datamodules.errors import UsageError
+from datamodules.files import TMP_MARK, AtomicFile, atomic_write_text
 
 LAST = "last.ckpt"
 STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
-TMP_MARK = ".tmp-"
 
 
 @dataclass
@@ -45,45 +44,17 @@ class RunSettings:
         return found
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save into a temporary file in the same directory, fsync, then rename over the target.
-
-    A reader (or a resume after SIGKILL) sees either the previous complete checkpoint or the new one,
-    never a partial file under a checkpoint name.
-    """
+    """torch.save through datamodules.files.AtomicFile: a reader (or a resume after SIGKILL) sees either the previous
+    complete checkpoint or the new one, never a partial file under a checkpoint name."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        with AtomicFile(path, "wb") as f:
+            torch.save(checkpoint, f.file)
 
 
 def checkpoint_step(path: Path) -> int | None:

@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from launch.config import UsageError, load_config
 from launch.fit import check_config
-from launch.runs import RunDir, RunSettings, atomic_write_text
+from datamodules.files import atomic_write_text
+from launch.runs import RunDir, RunSettings
 from launch.slurm import SlurmSettings, render_sbatch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

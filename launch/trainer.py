@@ -23,8 +23,9 @@ from callbacks.preemption import Preemption
 from launch.config import (ConfigIssue, LoadedConfig, UsageError, check_params, check_settings, check_target_node,
                            did_you_mean, instantiate)
 from launch.csv_logger import ResumableCSVLogger
-from launch.runs import TMP_MARK, AtomicCheckpointIO, RunDir, RunSettings
-from launch.signals import SignalFlag
+from datamodules.files import TMP_MARK
+from launch.runs import AtomicCheckpointIO, RunDir, RunSettings
+from callbacks.signals import SignalFlag
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
     "deepspeed_stage_1": {"stage": 1},

@@ -13,7 +13,7 @@ from launch.config import load_config
 from launch.csv_logger import ResumableCSVLogger
 from launch.fit import check_config
 from launch.runs import RunDir, RunSettings, checkpoint_step
-from launch.signals import SignalFlag
+from callbacks.signals import SignalFlag
 from launch.trainer import AtomicDeepSpeedStrategy, build_trainer
 from tests.conftest import DEMO_CONFIG
 

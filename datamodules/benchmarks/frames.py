@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from datamodules.files import AtomicFile
 
 CACHE_VERSION = 1  # bump when the sampling rule changes: old cache entries then miss
 
@@ -178,14 +179,8 @@ def sample_frames(path: str | os.PathLike, num_frames: int | None = None, *, fps
             pass  # a damaged entry: decode again and replace it
     frames = decode_frames(path, sampling)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, prefix=f".{cached.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, frames, allow_pickle=False)
-        os.replace(tmp, cached)  # readers (other workers too) see no entry or a complete one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(cached, "wb") as f:  # readers (other workers too) see no entry or a complete one
+        np.save(f.file, frames, allow_pickle=False)
     return frames
 
 

@@ -31,7 +31,8 @@ from datamodules.benchmarks.frames import Sampling, VideoDecodeError, sample_fra
 from datamodules.benchmarks.questions import (BenchmarkFileError, QKey, Question, VideoReport, check_videos,
                                               index_questions, resolve_video)
 from datamodules.benchmarks.responders import Responder, ResponderError
-from datamodules.benchmarks.scoring import atomic_write_text, score_responses, summarize, write_outputs
+from datamodules.benchmarks.scoring import score_responses, summarize, write_outputs
+from datamodules.files import atomic_write_text
 
 RESPONSES = "responses.jsonl"
 RUN_INFO = "run.json"

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping
 from datamodules.benchmarks.answers import Judge, extract_choice
 from datamodules.benchmarks.questions import (MMWORLD_FLAGS, MMWORLD_SPLIT, VLM4D_GROUPS, VLM4D_SPLITS,
                                               BenchmarkFileError, QKey, Question, VideoReport, mmworld_id)
+from datamodules.files import atomic_write_text
 
 BENCHMARK_SPLITS = (*VLM4D_SPLITS, MMWORLD_SPLIT)
 
@@ -257,20 +258,6 @@ def evalai_submission(items: Iterable[ScoredItem]) -> dict[str, dict[str, str | 
 
 
 # ----------------------------------------------------------------------------------------------- outputs
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temporary file, fsync, rename: a reader sees the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(out: str | os.PathLike, items: list[ScoredItem], summary: dict[str, Any],
                   evalai: str | os.PathLike | None = None) -> dict[str, Path]:
     """OUT/items.jsonl, OUT/summary.json, OUT/summary.md and, for MMWorld, the EvalAI submission (default

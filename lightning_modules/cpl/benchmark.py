@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from launch.runs import atomic_write_text
+from datamodules.files import atomic_write_text
 
 
 def summary_rows(metrics: dict[str, float], names: list[str], metric: str = "accuracy") -> list[dict[str, Any]]:

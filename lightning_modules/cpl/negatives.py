@@ -23,8 +23,6 @@ import json
 import logging
 import math
 import numbers
-import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -33,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from datamodules.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -336,20 +336,12 @@ def _read_cache(path: Path, key: str, n: int) -> torch.Tensor | None:
 
 
 def _write_cache(path: Path, f1: torch.Tensor, key: str, texts: list[str]) -> None:
-    """Temp file in the same folder + os.replace: readers see the old file or the complete new one, never half."""
-    from safetensors.torch import save_file
+    """Written atomically: readers see the old file or the complete new one, never half."""
+    from safetensors.torch import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"f1": f1.contiguous()}, tmp, metadata={"key": key, "texts": json.dumps(texts, ensure_ascii=False)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())  # data on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save({"f1": f1.contiguous()},
+                                  metadata={"key": key, "texts": json.dumps(texts, ensure_ascii=False)}))
 
 
 def bertscore_scores(texts: list[str], scorer: ScorerSpec, cache_dir: str | Path, device: str = "cpu") -> torch.Tensor:

@@ -1,0 +1,35 @@
+"""The two errors a user can cause and fix, shared by every layer.
+
+- `UsageError`: a config, argument, path or file the user gave cannot work. Entry points print its lines, one per
+  problem, and exit with code 2, without a traceback (launch/cli.py).
+- `ParamError`: a constructor refusing its arguments, each problem with the parameter it is about. Whoever built
+  the object from a config puts the config key in front (`model.params.n_ctx: must be >= 1`), so the user is told
+  which key to change; raised from Python, it reads `n_ctx: must be >= 1`. It is a ValueError, as a bad argument is.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+
+class UsageError(Exception):
+    """A mistake the user can fix; printed as one line per problem, exit code 2, no traceback."""
+
+    def __init__(self, lines: Sequence[str] | str):
+        self.lines = [lines] if isinstance(lines, str) else [str(line) for line in lines]
+        super().__init__("\n".join(self.lines))
+
+
+class ParamError(ValueError):
+    """Constructor arguments that cannot work: `problems` is [(parameter, message)], every one found at once."""
+
+    def __init__(self, problems: Iterable[tuple[str, str]]):
+        self.problems = [(str(name), str(message)) for name, message in problems]
+        super().__init__("; ".join(f"{name}: {message}" for name, message in self.problems))
+
+
+def raise_param_problems(problems: Iterable[tuple[str, str]]) -> None:
+    """The one way a constructor reports what is wrong with its arguments: all problems, each with its parameter."""
+    problems = list(problems)
+    if problems:
+        raise ParamError(problems)

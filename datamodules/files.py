@@ -1,0 +1,102 @@
+"""Writing files so that a reader (or a resume after SIGKILL) sees the old file or the complete new one, never a part.
+
+The one way the project replaces a file: write a temporary file in the same directory (its name carries TMP_MARK, so
+listings such as a run's checkpoints can leave it out), flush and fsync it, rename it over the target, fsync the
+directory. An exception (or a signal) before the rename removes the temporary file and leaves the target untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import IO, Any
+
+TMP_MARK = ".tmp-"  # in the name of every temporary file written here: `.NAME.tmp-PID`
+
+
+def temporary_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+
+
+def fsync_dir(directory: str | os.PathLike) -> None:
+    """Make a rename in `directory` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AtomicFile:
+    """A file written under a temporary name and renamed over `path` by `commit()`; `discard()` removes it.
+
+    As a context manager it commits on success and discards on an exception. `file` is the open file object.
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: str = "wb", encoding: str | None = None):
+        if mode not in ("w", "wb"):
+            raise ValueError(f"AtomicFile writes a whole file: mode 'w' or 'wb', got {mode!r}")
+        self.path = Path(path)
+        self.tmp = temporary_name(self.path)
+        self.file: IO[Any] = open(self.tmp, mode, encoding=encoding if mode == "w" else None)
+        self.done = False
+
+    def commit(self) -> Path:
+        if self.done:
+            raise RuntimeError(f"{self.path}: already committed or discarded")
+        self.done = True
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.file.close()
+            self.tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.path.parent)
+        return self.path
+
+    def discard(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        try:
+            self.file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with AtomicFile(path, "wb") as f:
+        f.file.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    with AtomicFile(path, "w", encoding=encoding) as f:
+        f.file.write(text)
+    return Path(path)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
