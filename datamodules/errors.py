@@ -33,3 +33,9 @@ def raise_param_problems(problems: Iterable[tuple[str, str]]) -> None:
     problems = list(problems)
     if problems:
         raise ParamError(problems)
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an error's message (libraries' messages run to many lines), else its type."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator, Literal
 import lightning as L
 from torch.utils.data import DataLoader, Sampler
 
+from datamodules.errors import raise_param_problems
 from datamodules.resumable import consumed_train_batches
 from datamodules.shard_dataset import DecodeSample, IndexedShardDataset, StreamShardDataset, read_sample
 from datamodules.shard_plan import PlanSettings, batches_per_rank, samples_per_rank
@@ -161,21 +162,20 @@ class ShardDataModule(L.LightningDataModule):
         super().__init__()
         problems = []
         if train is None and val is None:
-            problems.append("give at least one of train or val")
+            problems.append(("train", "give at least one of train or val"))
         if batch_size < 1:
-            problems.append(f"batch_size must be >= 1, got {batch_size}")
+            problems.append(("batch_size", f"must be >= 1, got {batch_size}"))
         if num_workers < 0:
-            problems.append(f"num_workers must be >= 0, got {num_workers}")
+            problems.append(("num_workers", f"must be >= 0, got {num_workers}"))
         if shuffle_buffer < 1:
-            problems.append(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+            problems.append(("shuffle_buffer", f"must be >= 1, got {shuffle_buffer}"))
         if not 0 <= max_bad_fraction <= 1:
-            problems.append(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+            problems.append(("max_bad_fraction", f"must be in [0, 1], got {max_bad_fraction}"))
         if verify not in ("sha256", "size", "none"):
-            problems.append(f"verify must be sha256, size or none, got {verify!r}")
+            problems.append(("verify", f"must be sha256, size or none, got {verify!r}"))
         if prefetch_factor < 1:
-            problems.append(f"prefetch_factor must be >= 1, got {prefetch_factor}")
-        if problems:
-            raise ValueError("; ".join(problems))
+            problems.append(("prefetch_factor", f"must be >= 1, got {prefetch_factor}"))
+        raise_param_problems(problems)
         named_val = dict(val) if isinstance(val, dict) else ({"val": val} if val is not None else {})
         named_index = dict(val_index) if isinstance(val_index, dict) else {name: val_index for name in named_val}
         self.val_names = list(named_val)

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from datamodules.errors import raise_param_problems
 from datamodules.resumable import EpochShardedSampler, ResumableDataLoader, consumed_train_batches
 
 
@@ -13,8 +14,9 @@ class SyntheticRegressionData(L.LightningDataModule):
     def __init__(self, batch_size: int = 32, num_train: int = 1024, num_val: int = 128, dim: int = 16,
                  noise: float = 0.05, seed: int = 0, num_workers: int = 0):
         super().__init__()
-        if batch_size < 1 or num_train < 1 or num_val < 0 or dim < 1:
-            raise ValueError("batch_size, num_train and dim must be >= 1 and num_val >= 0")
+        raise_param_problems([(name, f"must be >= {low}, got {value}")
+                              for name, value, low in (("batch_size", batch_size, 1), ("num_train", num_train, 1),
+                                                       ("num_val", num_val, 0), ("dim", dim, 1)) if value < low])
         self.batch_size, self.num_train, self.num_val, self.dim = batch_size, num_train, num_val, dim
         self.noise, self.seed, self.num_workers = noise, seed, num_workers
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
-from datamodules.errors import UsageError
+from datamodules.errors import UsageError, first_line
 from datamodules.shards import DatasetError
 
 USAGE_EXIT = 2
@@ -23,11 +23,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
-
-
-def first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def data_error_reason(error: DatasetError) -> str:

@@ -6,6 +6,7 @@ A config is checked completely before anything runs: every problem becomes one `
 
 from __future__ import annotations
 
+import ast
 import collections.abc
 import difflib
 import enum
@@ -21,15 +22,14 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from datamodules.errors import UsageError
+from datamodules.errors import ParamError, UsageError, first_line
 
 # Modules whose objects a config may build. Anything else is refused before import, so a config
 # cannot run arbitrary code by naming it.
+PROJECT_PACKAGES = ("lightning_modules", "datamodules", "callbacks", "launch")
+REPO = Path(__file__).resolve().parent.parent
 ALLOWED_TARGET_PREFIXES = (
-    "lightning_modules",
-    "datamodules",
-    "callbacks",
-    "launch",
+    *PROJECT_PACKAGES,
     "torch",
     "lightning",
     "transformers",
@@ -219,12 +219,30 @@ def resolve_target(target: Any, key: str, source: str, issues: list[ConfigIssue]
     try:
         obj = _import_target(target)
     except (ImportError, AttributeError) as e:
-        issues.append(ConfigIssue(source, key, f"cannot import '{target}': {e}"))
+        moved = project_objects_named(target.rpartition(".")[2])
+        hint = f" (did you mean {' or '.join(moved)}?)" if moved else ""
+        issues.append(ConfigIssue(source, key, f"cannot import '{target}': {e}{hint}"))
         return None
     if not callable(obj):
         issues.append(ConfigIssue(source, key, f"'{target}' is not a class or function"))
         return None
     return obj
+
+
+def project_objects_named(name: str) -> list[str]:
+    """Dotted paths of the project's top-level classes and functions called `name`: where a target that moved (or
+    was misremembered) lives now. The sources are parsed, not imported, so a wrong target costs no heavy import."""
+    found = []
+    for package in PROJECT_PACKAGES:
+        for path in sorted((REPO / package).rglob("*.py")):
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+            except (OSError, SyntaxError, UnicodeDecodeError):
+                continue
+            if any(isinstance(node, (ast.ClassDef, ast.FunctionDef)) and node.name == name for node in tree.body):
+                module = ".".join(path.relative_to(REPO).with_suffix("").parts)
+                found.append(f"{module.removesuffix('.__init__')}.{name}")
+    return found
 
 
 def _signature(obj: Any) -> inspect.Signature | None:
@@ -374,19 +392,51 @@ def check_settings(cls: type, section: Any, key: str, loaded: LoadedConfig, issu
                    for name, message in settings.problems()]
 
 
-def instantiate(node: Any, **extra: Any) -> Any:
-    """Build `{target, params}` (recursively: nested target nodes in params are built first)."""
+class BuildError(Exception):
+    """A constructor refused its arguments while a config was being built: `key` is the config key of the object
+    (e.g. model or model.params.clip), `problems` [(parameter or "", message)]."""
+
+    def __init__(self, key: str, problems: list[tuple[str, str]]):
+        self.key, self.problems = key, problems
+        super().__init__("; ".join(f"{self.key_of(name)}: {message}" for name, message in problems))
+
+    def key_of(self, parameter: str) -> str:
+        return f"{self.key}.params.{parameter}" if parameter else f"{self.key}.params"
+
+
+def instantiate(node: Any, _key: str = "", _usage_errors: tuple[type[BaseException], ...] = (), **extra: Any) -> Any:
+    """Build `{target, params}` (recursively: nested target nodes in params are built first).
+
+    A constructor raising ParamError (or one of `_usage_errors`) becomes a BuildError naming the config key of the
+    object it was building, however deeply nested."""
     if isinstance(node, (DictConfig, ListConfig)):
         node = OmegaConf.to_container(node, resolve=True)
     if isinstance(node, list):
-        return [instantiate(v) for v in node]
+        return [instantiate(v, f"{_key}.{i}", _usage_errors) for i, v in enumerate(node)]
     if not is_target_node(node):
         if isinstance(node, dict):
-            return {k: instantiate(v) for k, v in node.items()}
+            return {k: instantiate(v, f"{_key}.{k}", _usage_errors) for k, v in node.items()}
         return node
     obj = _import_target(node["target"])
-    params = {k: instantiate(v) for k, v in (node.get("params") or {}).items()}
-    return obj(**params, **extra)
+    params = {k: instantiate(v, f"{_key}.params.{k}", _usage_errors) for k, v in (node.get("params") or {}).items()}
+    try:
+        return obj(**params, **extra)
+    except ParamError as e:
+        raise BuildError(_key, e.problems) from e
+    except _usage_errors as e:
+        raise BuildError(_key, [("", first_line(e))]) from e
+
+
+def build(loaded: LoadedConfig, key: str, usage_errors: tuple[type[BaseException], ...] = (ValueError,),
+          **extra: Any) -> Any:
+    """Instantiate the object at `key` of a checked config. A constructor refusing its values is a usage error: one
+    line per problem, naming the config key and the file (or command line) that set it."""
+    node = OmegaConf.select(loaded.cfg, key)
+    try:
+        return instantiate(node, key, usage_errors, **extra)
+    except BuildError as e:
+        raise UsageError([str(ConfigIssue(loaded.source_of(e.key_of(name)), e.key_of(name), message))
+                          for name, message in e.problems]) from e
 
 
 def targets_in(node: Any, key: str = "") -> list[tuple[str, str]]:

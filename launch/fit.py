@@ -23,15 +23,18 @@ SIGNAL_FLAG.install()
 
 from omegaconf import OmegaConf  # noqa: E402
 
+from launch import cli  # noqa: E402
 from launch.config import (  # noqa: E402
-    ConfigIssue, LoadedConfig, UsageError, check_nested, check_sections, check_target_node, load_config, targets_in)
-from datamodules.shards import DatasetError  # noqa: E402
+    ConfigIssue, LoadedConfig, check_nested, check_sections, check_target_node, load_config, targets_in)
 
 log = logging.getLogger("worldbridge.fit")
 
 
+PROG = "fit.py"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--resume", default="auto",
                         help="auto: newest complete checkpoint of the run, else a fresh start (default); "
@@ -82,21 +85,11 @@ class PreparedRun:
     preemption: Any
 
 
-def build_section(loaded: LoadedConfig, section: str) -> Any:
-    """Instantiate `model` or `data`; a constructor refusing its values (ValueError) is a usage error of that
-    section, reported with the file that set it."""
-    from launch.config import instantiate
-
-    try:
-        return instantiate(loaded.cfg[section])
-    except ValueError as e:
-        raise UsageError([str(ConfigIssue(loaded.source_of(f"{section}.params"), f"{section}.params", str(e)))]) from e
-
-
 def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
     """Build the run of a checked config: resume decision, seeded model and data, trainer."""
     import lightning as L
 
+    from launch.config import build
     from launch.runs import RunDir, RunSettings, resolve_resume
     from launch.trainer import build_trainer
 
@@ -104,7 +97,7 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
     run_dir = RunDir.from_settings(run_settings)
     ckpt_path, resume_step = resolve_resume(run_dir, resume) or (None, None)
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
-    model, datamodule = (build_section(loaded, section) for section in ("model", "data"))
+    model, datamodule = build(loaded, "model"), build(loaded, "data")
     trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG, resume_step=resume_step)
     return PreparedRun(loaded, run_dir, ckpt_path, model, datamodule, trainer, preemption)
 
@@ -176,18 +169,7 @@ def close_process_group() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except UsageError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr)
-        return 2
-    except DatasetError as e:
-        # Raised in a loader worker, the message carries the worker's traceback; its last line is the reason.
-        reason = str(e).strip().splitlines()[-1]
-        print(f"data error: {reason.split('DatasetError: ', 1)[-1]}", file=sys.stderr)
-        return 2
+    return cli.main(lambda: run(parse_args(argv)), PROG)
 
 
 if __name__ == "__main__":

@@ -16,17 +16,22 @@ from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from launch.config import UsageError, load_config
-from launch.fit import check_config
+from datamodules.errors import UsageError
 from datamodules.files import atomic_write_text
+from launch import cli
+from launch.config import load_config
+from launch.fit import check_config
 from launch.runs import RunDir, RunSettings
 from launch.slurm import SlurmSettings, render_sbatch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+PROG = "submit.py"
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--nodes", type=int)
     parser.add_argument("--gpus-per-node", type=int)
@@ -77,13 +82,7 @@ def submit(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return submit(args)
-    except UsageError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr)
-        return 2
+    return cli.main(lambda: submit(parse_args(argv)), PROG)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from omegaconf import DictConfig
 from callbacks.data_health import DataHealthLogger
 from callbacks.final_checkpoint import FinalCheckpoint
 from callbacks.preemption import Preemption
-from launch.config import (ConfigIssue, LoadedConfig, UsageError, check_params, check_settings, check_target_node,
-                           did_you_mean, instantiate)
-from launch.csv_logger import ResumableCSVLogger
-from datamodules.files import TMP_MARK
-from launch.runs import AtomicCheckpointIO, RunDir, RunSettings
 from callbacks.signals import SignalFlag
+from datamodules.files import TMP_MARK
+from launch.config import (ConfigIssue, LoadedConfig, UsageError, build, check_params, check_settings,
+                           check_target_node, did_you_mean)
+from launch.csv_logger import ResumableCSVLogger
+from launch.runs import AtomicCheckpointIO, RunDir, RunSettings
 
 DEEPSPEED_PRESETS: dict[str, dict[str, Any]] = {
     "deepspeed_stage_1": {"stage": 1},
@@ -168,10 +168,10 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
     loggers: list = [ResumableCSVLogger(run_dir.logs, name="csv", version="", resume_step=resume_step)]
     if run.tensorboard:
         loggers.append(TensorBoardLogger(run_dir.logs, name="tensorboard", version="", default_hp_metric=False))
-    loggers += [instantiate(node, save_dir=str(run_dir.logs)) for node in run.loggers]
+    loggers += [build(loaded, f"run.loggers.{i}", save_dir=str(run_dir.logs)) for i in range(len(run.loggers))]
 
     preemption = Preemption(run_dir.last_checkpoint, flag)
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or [])]
+    callbacks = [build(loaded, f"callbacks.{i}") for i in range(len(cfg.get("callbacks") or []))]
     callbacks += [
         ModelCheckpoint(dirpath=run_dir.checkpoints, filename="step-{step:08d}", auto_insert_metric_name=False,
                         every_n_train_steps=run.every_n_train_steps, monitor="step", mode="max",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from datamodules.errors import ParamError
 import torch.nn.functional as F
 
 from lightning_modules.cpl import counterfactual as cf
@@ -124,8 +126,10 @@ def test_image_features_are_cached_by_key_when_pixels_are_fixed(clip_dir):
 
 
 def test_bad_settings_are_reported_together(clip_dir):
-    with pytest.raises(ValueError, match="variant cpl needs scorer.*k must be >= 1.*tau must be > 0"):
+    with pytest.raises(ParamError) as refused:
         CPLModule(clip={"pretrained": str(clip_dir)}, variant="cpl", k=0, tau=0)
+    assert [name for name, _ in refused.value.problems] == ["scorer", "k", "tau"]
+    assert "variant cpl needs scorer" in str(refused.value) and "k: must be >= 1" in str(refused.value)
     m = module(clip_dir, "coop")
     with pytest.raises(ValueError, match="appears more than once"):
         m.configure_classes(["a", "a"], {})

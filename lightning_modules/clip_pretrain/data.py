@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import raise_param_problems
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.shard_dataset import DecodeSample
 from datamodules.shards import DatasetError
@@ -84,14 +85,13 @@ class ShapeCaptionData(ShardDataModule):
                          shuffle_buffer=shuffle_buffer, max_bad_fraction=max_bad_fraction, verify=verify)
         problems = []
         if image_size < 8:
-            problems.append(f"image_size must be >= 8, got {image_size}")
+            problems.append(("image_size", f"must be >= 8, got {image_size}"))
         if context_length < 4:
-            problems.append(f"context_length must be >= 4, got {context_length}")
+            problems.append(("context_length", f"must be >= 4, got {context_length}"))
         for name, p in (("background_probability", background_probability), ("period_probability", period_probability)):
             if not 0 <= p <= 1:
-                problems.append(f"{name} must be in [0, 1], got {p}")
-        if problems:
-            raise ValueError("; ".join(problems))
+                problems.append((name, f"must be in [0, 1], got {p}"))
+        raise_param_problems(problems)
         self.image_size, self.context_length, self.tokenizer = image_size, context_length, tokenizer
         self.background_probability, self.period_probability = background_probability, period_probability
 

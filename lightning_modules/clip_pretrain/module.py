@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
+from datamodules.errors import raise_param_problems
 from datamodules.transforms import CLIP_MEAN, CLIP_STD
 from lightning_modules.clip_pretrain.tokenizer import load_tokenizer, save_tokenizer
 
@@ -56,14 +57,13 @@ class TinyCLIPPretrain(L.LightningModule):
         super().__init__()
         problems = []
         if image_size % patch_size:
-            problems.append(f"image_size ({image_size}) must be a multiple of patch_size ({patch_size})")
+            problems.append(("image_size", f"{image_size} must be a multiple of patch_size ({patch_size})"))
         for name, width in (("vision_width", vision_width), ("text_width", text_width)):
             if width % heads:
-                problems.append(f"{name} ({width}) must be a multiple of heads ({heads})")
+                problems.append((name, f"{width} must be a multiple of heads ({heads})"))
         if "{}" not in prompt:
-            problems.append(f"prompt must contain {{}} where the class name goes, got {prompt!r}")
-        if problems:
-            raise ValueError("; ".join(problems))
+            problems.append(("prompt", f"must contain {{}} where the class name goes, got {prompt!r}"))
+        raise_param_problems(problems)
         self.save_hyperparameters()
         self.tokenizer = load_tokenizer(tokenizer)
         self.tokenizer.model_max_length = context_length

@@ -20,11 +20,12 @@ from typing import Any, Literal
 
 import torch
 
+from datamodules.errors import ParamError, raise_param_problems
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.shard_dataset import DecodeSample
 from datamodules.shards import DatasetError
-from datamodules.transforms import (
-    center_crop, normalize, random_horizontal_flip, random_resized_crop, resize_shorter, sample_generator)
+from datamodules.transforms import (center_crop, normalize, random_horizontal_flip, random_resized_crop, resize_shorter,
+                                    sample_generator)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "gif")
 Task = Literal["classification", "retrieval", "vqa"]
@@ -120,8 +121,7 @@ class ClipData(ShardDataModule):
                  shuffle_buffer: int = 2000, max_bad_fraction: float = 0.01, verify: str = "sha256"):
         super().__init__(train=train, val=val, batch_size=batch_size, num_workers=num_workers, seed=seed,
                          shuffle_buffer=shuffle_buffer, max_bad_fraction=max_bad_fraction, verify=verify)
-        if image_size < 8:
-            raise ValueError(f"image_size must be >= 8, got {image_size}")
+        raise_param_problems([("image_size", f"must be >= 8, got {image_size}")] if image_size < 8 else [])
         self.image_size, self.augment = image_size, augment
 
     def _metadata_field(self, split: str, field: str, writer: str) -> Any:
@@ -175,9 +175,9 @@ class ClipVQAData(ClipData):
         try:
             qa_template.format(question="q", answer="a")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"qa_template must use only {{question}} and {{answer}}, got {qa_template!r}") from e
+            raise ParamError([("qa_template", f"must use only {{question}} and {{answer}}, got {qa_template!r}")]) from e
         if "{question}" not in qa_template or "{answer}" not in qa_template:
-            raise ValueError(f"qa_template must contain {{question}} and {{answer}}, got {qa_template!r}")
+            raise ParamError([("qa_template", f"must contain {{question}} and {{answer}}, got {qa_template!r}")])
         self.qa_template = qa_template
 
     def make_sample(self, split: str) -> ClipVQASample:

@@ -6,6 +6,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from datamodules.errors import raise_param_problems
+
 
 class SmallImageClassifier(L.LightningModule):
     """Two strided convolutions and a linear head on uint8 images (`image_key`, [B, 3, H, W]) with integer labels
@@ -14,8 +16,7 @@ class SmallImageClassifier(L.LightningModule):
     def __init__(self, num_classes: int, image_key: str = "png", label_key: str = "cls", width: int = 16,
                  lr: float = 1e-3):
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        raise_param_problems([("num_classes", f"must be >= 2, got {num_classes}")] if num_classes < 2 else [])
         self.save_hyperparameters()
         self.net = nn.Sequential(
             nn.Conv2d(3, width, 3, stride=2, padding=1), nn.GELU(),
