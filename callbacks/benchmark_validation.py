@@ -3,9 +3,11 @@ every k-th validation (never in the sanity check).
 
 The subset (datamodules/benchmarks/subset.py) is drawn once from the question files: proportional per VLM4D split and
 group or MMWorld discipline, seeded. Its frames are decoded once and kept in memory (or in `frame_cache` on disk).
-The responder is built once from `responder` (target/params, or an object a config already built), or asked of the
-LightningModule at each evaluation (`pl_module.benchmark_responder()`: e.g. CPL scores options with its learned
-prompts), so this callback knows no method.
+The responder is `responder` (a config builds it from target/params: lightning_modules/responders.py,
+lightning_modules/clip_scorer.py), or asked of the LightningModule at each evaluation
+(`pl_module.benchmark_responder()`: e.g. CPL scores options with its learned prompts), so this callback knows no
+method. Questions are asked through lightning_modules/responders.py `answer_in_batches`, as `launch/evaluate.py run`
+asks them.
 
 Ranks: by default rank 0 answers everything and broadcasts the summary; with `shard_across_ranks` each rank answers
 every world_size-th question and the responses are gathered. Either way every rank logs the same values (so
@@ -36,7 +38,9 @@ from datamodules.benchmarks.questions import (BENCHMARKS, Question, VideoReport,
                                               resolve_video)
 from datamodules.benchmarks.scoring import score_responses, summarize
 from datamodules.benchmarks.subset import stratified_subset
+from datamodules.errors import raise_param_problems
 from datamodules.files import atomic_write_text
+from lightning_modules.responders import answer_in_batches
 
 DEFAULT_PREFIX = "benchmark"
 
@@ -65,7 +69,7 @@ class BenchmarkValidation(Callback):
     num_questions: size of the stratified subset. every_n_validations: answer at every k-th validation.
     num_frames: frames sampled uniformly per video. frame_cache: directory for decoded frames (else memory).
     shard_across_ranks: each rank answers a share (else rank 0 answers all while the others wait).
-    responder: target/params of a responder (or one a config built); None asks pl_module.benchmark_responder().
+    responder: a responder (in a config: its target/params); None asks pl_module.benchmark_responder().
     batch_size: questions per responder call. prefix: first part of the metric names.
     """
 
@@ -75,26 +79,24 @@ class BenchmarkValidation(Callback):
                  prefix: str = DEFAULT_PREFIX):
         problems = []
         if benchmark not in BENCHMARKS:
-            problems.append(f"benchmark must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}")
+            problems.append(("benchmark", f"must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}"))
         if not questions:
-            problems.append("questions: give at least one split=file (vlm4d: real, synthetic; mmworld: test)")
+            problems.append(("questions", "give at least one split: file (vlm4d: real, synthetic; mmworld: test)"))
         for name, value in (("num_questions", num_questions), ("every_n_validations", every_n_validations),
                             ("num_frames", num_frames), ("batch_size", batch_size)):
             if value < 1:
-                problems.append(f"{name} must be >= 1, got {value}")
-        if responder is not None and not hasattr(responder, "respond") and not (
-                hasattr(responder, "keys") and "target" in responder):
-            problems.append("responder must be target/params of a responder (an object with respond()) or null")
-        if problems:
-            raise ValueError("; ".join(problems))
+                problems.append((name, f"must be >= 1, got {value}"))
+        if responder is not None and not callable(getattr(responder, "respond", None)):
+            problems.append(("responder", f"{type(responder).__name__} is not a responder (no respond(questions, "
+                                          f"frames)); give target/params of one, or null"))
+        raise_param_problems(problems)
         self.benchmark, self.question_files = benchmark, dict(questions)
         self.video_root, self.num_questions, self.seed = Path(video_root), num_questions, seed
         self.every_n_validations, self.num_frames, self.batch_size = every_n_validations, num_frames, batch_size
         self.frame_cache, self.shard_across_ranks, self.prefix = frame_cache, shard_across_ranks, prefix
-        self.responder_spec = responder
+        self.fixed_responder = responder
         self.subset: list[Question] | None = None
         self.validations = 0  # full validations seen (saved in checkpoints: a resumed run keeps the rhythm)
-        self._responder: Any = None
         self._frames: dict[str, np.ndarray] = {}  # video -> decoded frames, when there is no frame_cache
         self._warned = False
         # Every rank logs the same, already complete values: Lightning's advice to sync them does not apply.
@@ -113,7 +115,7 @@ class BenchmarkValidation(Callback):
     # -- set-up ---------------------------------------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Read the question files and draw the subset before training starts, so a bad file fails early."""
-        if self.responder_spec is None and not callable(getattr(pl_module, "benchmark_responder", None)):
+        if self.fixed_responder is None and not callable(getattr(pl_module, "benchmark_responder", None)):
             raise ValueError(f"BenchmarkValidation: {type(pl_module).__name__} has no benchmark_responder(); give "
                              f"the callback a responder (target/params)")
         if self.subset is None:
@@ -124,16 +126,9 @@ class BenchmarkValidation(Callback):
             self.subset = stratified_subset(questions, self.num_questions, self.seed)
 
     def responder(self, pl_module: L.LightningModule) -> Any:
-        if self.responder_spec is None:
+        if self.fixed_responder is None:
             return pl_module.benchmark_responder()  # asked each time: it answers with the module's current state
-        if self._responder is None:
-            if hasattr(self.responder_spec, "respond"):
-                self._responder = self.responder_spec
-            else:
-                from launch.config import instantiate
-
-                self._responder = instantiate(self.responder_spec)
-        return self._responder
+        return self.fixed_responder
 
     # -- answering ------------------------------------------------------------------------------------------------
     def frames(self, question: Question, videos: dict[str, tuple[str, str]]) -> np.ndarray | None:
@@ -161,25 +156,11 @@ class BenchmarkValidation(Callback):
     def answer(self, questions: list[Question], pl_module: L.LightningModule) -> dict[str, Any]:
         """{"responses": {(split, id): text}, "videos": {video: (status, reason)}} for these questions; a None
         response (no answer) is left out, so it is scored as missing."""
-        responder = self.responder(pl_module)
-        needs_frames = getattr(responder, "needs_frames", True)
         responses: dict[tuple[str, str], str] = {}
         videos: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(questions), self.batch_size):
-            asked, arrays = [], []
-            for q in questions[start:start + self.batch_size]:
-                if not needs_frames:
-                    asked.append(q)
-                    arrays.append(None)
-                elif (frames := self.frames(q, videos)) is not None:
-                    asked.append(q)
-                    arrays.append(frames)
-            if not asked:
-                continue
-            texts = responder.respond(asked, arrays)
-            if len(texts) != len(asked):
-                raise ValueError(f"the responder gave {len(texts)} answers to {len(asked)} questions")
-            responses.update((q.key, text) for q, text in zip(asked, texts) if text is not None)
+        for _, answered in answer_in_batches(questions, self.responder(pl_module),
+                                             lambda q: self.frames(q, videos), self.batch_size):
+            responses.update((q.key, text) for q, text in answered if text is not None)
         return {"responses": responses, "videos": videos}
 
     @staticmethod

@@ -4,8 +4,9 @@ run     answers a benchmark's questions with a model and scores them, from a YAM
         (configs/benchmarks/*.yaml; `base:` files and key=value overrides as in fit.py):
           benchmark: {name: vlm4d|mmworld, questions: {SPLIT: FILE, ...}, video_root: DIR,
                       num_frames: 8, fps: null, max_frames: null, frame_cache: DIR|null, limit: null}
-          model:     {target: a responder class, params: {...}}  (datamodules/benchmarks/responders.py:
-                      TransformersVLM, ResponsesFile; or datamodules.benchmarks.clip_scorer.ClipScorer)
+          model:     {target: a responder class, params: {...}}  (lightning_modules/responders.py:
+                      TransformersVLM, ResponsesFile; lightning_modules.clip_scorer.ClipScorer; a method's own,
+                      e.g. lightning_modules.cpl.inference.CPLScorer for a CPL checkpoint)
           judge:     null | {model_path: DIR, max_new_tokens: 16}
           out:       DIR
         Frames are num_frames uniformly spaced, or (num_frames: null) fps per second thinned to max_frames.
@@ -51,23 +52,22 @@ from datamodules.benchmarks.questions import (BENCHMARKS, MMWORLD_SPLIT, VLM4D_S
                                               vlm4d_split_of)
 from datamodules.benchmarks.scoring import (collect_responses, parse_split_file, score_responses,  # noqa: E402
                                             summarize, write_outputs)
+from datamodules.errors import UsageError, first_line  # noqa: E402
+from launch import cli  # noqa: E402
 from launch import config as configs  # noqa: E402
 
 PROG = "evaluate.py"
 
 
-class UsageError(Exception):
-    """One line for the user; exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        raise UsageError(f"{message} (see {self.prog} --help)")
+def usage(message: str) -> UsageError:
+    """A mistake in the command line: one line, naming the program."""
+    return UsageError(f"{PROG}: {message}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=cli.ArgumentParser)
     score = commands.add_parser("score", help="score responses produced elsewhere",
                                 description="Score model responses against a benchmark's questions.")
     score.add_argument("--benchmark", required=True, choices=BENCHMARKS)
@@ -98,14 +98,14 @@ def question_files(benchmark: str, values: list[str]) -> list[tuple[str, Path]]:
         if benchmark == "vlm4d":
             split = split or vlm4d_split_of(path)
             if split is None:
-                raise UsageError(f"--questions {value}: cannot tell the split from the file name "
+                raise usage(f"--questions {value}: cannot tell the split from the file name "
                                  f"(write real=FILE or synthetic=FILE)")
             if split not in VLM4D_SPLITS:
-                raise UsageError(f"--questions {value}: VLM4D splits are {' and '.join(VLM4D_SPLITS)} "
+                raise usage(f"--questions {value}: VLM4D splits are {' and '.join(VLM4D_SPLITS)} "
                                  f"(write real=FILE or synthetic=FILE)")
         split = split or MMWORLD_SPLIT
         if split in {s for s, _ in files}:
-            raise UsageError(f"--questions {value}: split {split} given twice (one question file per split)")
+            raise usage(f"--questions {value}: split {split} given twice (one question file per split)")
         files.append((split, Path(path)))
     return files
 
@@ -115,7 +115,7 @@ def response_files(values: list[str], splits: list[str]) -> list[tuple[str | Non
     for value in values:
         split, path = parse_split_file(value)
         if split is not None and split not in splits:
-            raise UsageError(f"--responses {value}: no questions for split {split} "
+            raise usage(f"--responses {value}: no questions for split {split} "
                              f"(add --questions {split}=FILE, or use one of: {', '.join(splits)})")
         files.append((split or (splits[0] if len(splits) == 1 else None), Path(path)))
     return files
@@ -123,11 +123,11 @@ def response_files(values: list[str], splits: list[str]) -> list[tuple[str | Non
 
 def run_score(args: argparse.Namespace) -> dict:
     if args.out.exists() and not args.out.is_dir():
-        raise UsageError(f"--out {args.out}: exists and is not a directory (choose a directory)")
+        raise usage(f"--out {args.out}: exists and is not a directory (choose a directory)")
     if args.evalai is not None and args.benchmark != "mmworld":
-        raise UsageError(f"--evalai {args.evalai}: only MMWorld has an EvalAI submission (drop --evalai)")
+        raise usage(f"--evalai {args.evalai}: only MMWorld has an EvalAI submission (drop --evalai)")
     if args.judge_max_new_tokens < 1:
-        raise UsageError(f"--judge-max-new-tokens: must be >= 1, got {args.judge_max_new_tokens}")
+        raise usage(f"--judge-max-new-tokens: must be >= 1, got {args.judge_max_new_tokens}")
     questions: list[Question] = []
     for split, path in question_files(args.benchmark, args.questions):
         questions += load_questions(args.benchmark, path, split)
@@ -138,12 +138,12 @@ def run_score(args: argparse.Namespace) -> dict:
     judge = None
     if args.judge:
         if not Path(args.judge).is_dir():
-            raise UsageError(f"--judge {args.judge}: no such directory (give a local directory holding a "
+            raise usage(f"--judge {args.judge}: no such directory (give a local directory holding a "
                              f"transformers causal LM and its tokenizer)")
         try:
             judge = LLMJudge(args.judge, max_new_tokens=args.judge_max_new_tokens)
         except (OSError, ValueError) as e:
-            raise UsageError(f"--judge {args.judge}: cannot load a causal LM and its tokenizer "
+            raise usage(f"--judge {args.judge}: cannot load a causal LM and its tokenizer "
                              f"({str(e).splitlines()[0]})") from e
     items = score_responses(questions, responses, judge=judge)
     summary = summarize(args.benchmark, items, unknown)
@@ -311,7 +311,7 @@ def check_run_config(loaded: configs.LoadedConfig, check_files: bool = True) -> 
                 issues.append(configs.ConfigIssue(loaded.source_of(f"benchmark.questions.{split}"),
                                                   f"benchmark.questions.{split}", str(e).splitlines()[0]))
     if issues:
-        raise configs.UsageError([str(i) for i in issues])
+        raise UsageError([str(i) for i in issues])
 
 
 def _fingerprint(model: dict) -> dict:
@@ -324,8 +324,8 @@ def run_config(loaded: configs.LoadedConfig, progress: bool = True) -> dict:
     from omegaconf import OmegaConf
 
     from datamodules.benchmarks.frames import Sampling
-    from datamodules.benchmarks.responders import ResponderError
-    from datamodules.benchmarks.runner import check_run_info, describe_run, run_benchmark
+    from launch.benchmark_run import check_run_info, describe_run, run_benchmark
+    from lightning_modules.responders import ResponderError
 
     cfg = OmegaConf.to_container(loaded.cfg, resolve=True)
     settings = BenchmarkSettings(**cfg["benchmark"])
@@ -341,19 +341,14 @@ def run_config(loaded: configs.LoadedConfig, progress: bool = True) -> dict:
     Path(cfg["out"]).mkdir(parents=True, exist_ok=True)
     check_run_info(Path(cfg["out"]), describe_run(settings.name, sampling, _fingerprint(cfg["model"])))
 
-    def usage(key: str, error: Exception) -> configs.UsageError:
-        return configs.UsageError([str(configs.ConfigIssue(loaded.source_of(key), key, str(error).splitlines()[0]))])
-
-    try:
-        responder = configs.instantiate(cfg["model"])
-    except (ValueError, ResponderError, BenchmarkFileError, OSError) as e:
-        raise usage("model.params", e) from e
+    responder = configs.build(loaded, "model", usage_errors=(ValueError, ResponderError, BenchmarkFileError, OSError))
     judge = None
     if cfg.get("judge"):
         try:
             judge = LLMJudge(**cfg["judge"])
         except (OSError, ValueError) as e:
-            raise usage("judge.model_path", e) from e
+            key = "judge.model_path"
+            raise UsageError([str(configs.ConfigIssue(loaded.source_of(key), key, first_line(e)))]) from e
     return run_benchmark(questions, responder, settings.video_root, cfg["out"], num_frames=settings.num_frames,
                          fps=settings.fps, max_frames=settings.max_frames, frame_cache=settings.frame_cache,
                          progress=progress, judge=judge, run_info=_fingerprint(cfg["model"]))
@@ -370,8 +365,7 @@ def _interrupt_on_sigterm() -> Any:
 def run_command(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from datamodules.benchmarks.responders import ResponderError
-    from datamodules.benchmarks.runner import RunInterrupted
+    from launch.benchmark_run import RunInterrupted
 
     loaded = configs.load_config(args.config, args.overrides)
     check_run_config(loaded)
@@ -388,9 +382,6 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: interrupted; {loaded.cfg.out}/responses.jsonl keeps every finished batch: run the same "
               f"command again to resume", file=sys.stderr)
         return 130
-    except ResponderError as e:
-        print(f"{PROG}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     run = summary["run"]
@@ -406,22 +397,20 @@ def run_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
+
+    def work() -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return run_command(args)
         summary = run_score(args)
-    except configs.UsageError as e:
-        for line in e.lines:
-            print(line, file=sys.stderr)
-        return 2
-    except (UsageError, BenchmarkFileError) as e:
-        print(f"{PROG}: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(f"{args.benchmark}: overall {summary['overall']}% over {summary['counts']['overall']['total']} questions; "
-          f"unparsed {summary['unparsed']['count']}, missing {summary['missing']['count']}, "
-          f"unknown ids {summary['unknown_ids']['count']}; wrote {args.out}")
-    return 0
+        print(f"{args.benchmark}: overall {summary['overall']}% over {summary['counts']['overall']['total']} "
+              f"questions; unparsed {summary['unparsed']['count']}, missing {summary['missing']['count']}, "
+              f"unknown ids {summary['unknown_ids']['count']}; wrote {args.out}")
+        return 0
+
+    from lightning_modules.responders import ResponderError
+
+    return cli.main(work, PROG, one_line=(BenchmarkFileError, ResponderError))
 
 
 if __name__ == "__main__":

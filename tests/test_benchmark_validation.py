@@ -17,7 +17,10 @@ import yaml
 
 from callbacks.benchmark_validation import BenchmarkValidation, summary_metrics
 from datamodules.benchmarks import Question, load_questions, resolve_video, sample_frames
-from datamodules.benchmarks.clip_scorer import ClipScorer
+from datamodules.errors import ParamError
+from launch.config import instantiate
+from lightning_modules.clip_scorer import ClipScorer
+from lightning_modules.cpl.inference import CPLScorer
 from datamodules.benchmarks.subset import stratified_subset, stratum_of, stratum_quotas
 from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
 from lightning_modules.cpl.synthetic import write_base_to_new
@@ -72,10 +75,11 @@ def test_mmworld_is_stratified_by_discipline():
 
 
 def test_arguments_are_checked():
-    with pytest.raises(ValueError, match="benchmark must be one of"):
+    with pytest.raises(ParamError, match="benchmark: must be one of"):
         BenchmarkValidation("mmbench", {"test": "x.json"}, "videos")
-    with pytest.raises(ValueError, match="num_questions"):
-        BenchmarkValidation("vlm4d", {"real": "x.json"}, "videos", num_questions=0)
+    with pytest.raises(ParamError) as refused:
+        BenchmarkValidation("vlm4d", {}, "videos", num_questions=0, batch_size=0, responder={"target": "x"})
+    assert [name for name, _ in refused.value.problems] == ["questions", "num_questions", "batch_size", "responder"]
 
 
 @pytest.fixture(scope="module")
@@ -117,16 +121,18 @@ def test_undecodable_videos_and_unanswered_questions_are_reported_not_dropped(wo
     assert list(summary["videos"]["undecodable_videos"]) == [bench["videos"][1]]
     assert sorted(summary["missing"]["ids"]) == sorted(broken + real)  # counted wrong, listed
     assert summary["counts"]["overall"]["total"] == len(callback.subset) and summary["global_step"] == 7
-    assert sum(callback.responder_spec.calls) == len(callback.subset) - len(broken)
-    assert max(callback.responder_spec.calls) <= 5
+    assert sum(callback.fixed_responder.calls) == len(callback.subset) - len(broken)
+    assert max(callback.fixed_responder.calls) <= 5
 
 
-def test_a_responder_given_as_target_and_params_is_built_once(world):
-    spec = {"target": "datamodules.benchmarks.clip_scorer.ClipScorer",
-            "params": {"pretrained": str(world["clip"]), "device": "cpu"}}
-    callback = BenchmarkValidation("vlm4d", world["bench"]["questions"], world["bench"]["video_root"], responder=spec)
-    built = callback.responder(None)
-    assert isinstance(built, ClipScorer) and callback.responder(None) is built
+def test_a_responder_given_as_target_and_params_is_built_by_the_config(world):
+    node = {"target": "callbacks.benchmark_validation.BenchmarkValidation",
+            "params": {"benchmark": "vlm4d", "questions": world["bench"]["questions"],
+                       "video_root": world["bench"]["video_root"],
+                       "responder": {"target": "lightning_modules.clip_scorer.ClipScorer",
+                                     "params": {"pretrained": str(world["clip"]), "device": "cpu"}}}}
+    callback = instantiate(node)
+    assert isinstance(callback.responder(None), ClipScorer) and callback.responder(None) is callback.responder(None)
 
 
 # ----------------------------------------------------------------------------------------------- fits
@@ -184,7 +190,7 @@ def test_cpl_fit_logs_benchmark_metrics_and_reports_a_missing_video(world):
     assert "have no video" in result.stderr and any((root / "frames").iterdir())
 
     # the checkpoint of that fit, scored by ClipScorer, answers as the module did at its last validation
-    scorer = ClipScorer(cpl_checkpoint=str(run_dir / "checkpoints" / "last.ckpt"), device="cpu")
+    scorer = CPLScorer(cpl_checkpoint=str(run_dir / "checkpoints" / "last.ckpt"), device="cpu")
     asked = [q for split, p in questions.items() for q in load_questions("vlm4d", p, split)
              if resolve_video(q, bench["video_root"]) is not None]
     frames = [sample_frames(resolve_video(q, bench["video_root"]), 4) for q in asked]
@@ -195,7 +201,7 @@ def test_cpl_fit_logs_benchmark_metrics_and_reports_a_missing_video(world):
 def test_ddp_sharded_answers_equal_rank_zero_answers(world):
     """Two gloo ranks; one callback answers on rank 0 alone, the other shards; the second of two validations only."""
     root = world["root"]
-    responder = {"target": "datamodules.benchmarks.clip_scorer.ClipScorer",
+    responder = {"target": "lightning_modules.clip_scorer.ClipScorer",
                  "params": {"pretrained": str(world["clip"]), "device": "cpu"}}
     config = {"base": [str(DEMO_CONFIG)],
               "run": {"root": str(root / "runs"), "name": "ddp"},

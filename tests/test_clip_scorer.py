@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
 from datamodules.benchmarks import load_questions, resolve_video, sample_frames
-from datamodules.benchmarks.clip_scorer import ClipScorer
+from datamodules.errors import ParamError
+from lightning_modules.clip_scorer import ClipScorer
+from lightning_modules.cpl.inference import CPLScorer
 from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
 from datamodules.transforms import CLIP_MEAN, CLIP_STD
 from lightning_modules.cpl.module import CPLModule
@@ -100,11 +102,10 @@ def test_long_questions_lose_leading_words_never_the_option(bench):
 
 
 def test_refuses_what_it_cannot_score(bench):
-    with pytest.raises(ValueError, match="pretrained"):
-        ClipScorer()
-    with pytest.raises(ValueError, match="option"):
-        ClipScorer(pretrained=str(bench["clip"]), template="{question}")
-    with pytest.raises(ValueError, match="only"):
+    with pytest.raises(ParamError) as refused:
+        ClipScorer(pretrained="", template="{question}", batch_size=0)
+    assert [name for name, _ in refused.value.problems] == ["pretrained", "template", "batch_size"]
+    with pytest.raises(ParamError, match="template: .*only"):
         ClipScorer(pretrained=str(bench["clip"]), template="{option} {answer}")
 
 
@@ -126,7 +127,7 @@ def cpl_checkpoint(bench: dict, path: Path, variant: str) -> tuple[CPLModule, di
 def test_cpl_checkpoint_scores_with_its_learned_prompts(bench, tmp_path, variant):
     module, checkpoint = cpl_checkpoint(bench, tmp_path / "cpl.ckpt", variant)
     questions, frames = bench["questions"], bench["frames"]
-    scorer = ClipScorer(cpl_checkpoint=str(tmp_path / "cpl.ckpt"), device="cpu")
+    scorer = CPLScorer(cpl_checkpoint=str(tmp_path / "cpl.ckpt"), device="cpu")
     loaded = scorer.prompts.state_dict()
     assert loaded.keys() == {k[len("prompts."):] for k in checkpoint["state_dict"]}
     assert all(torch.equal(v, checkpoint["state_dict"][f"prompts.{k}"]) for k, v in loaded.items())
@@ -156,4 +157,6 @@ def test_cpl_checkpoint_without_learned_prompts_is_refused(bench, tmp_path):
     checkpoint["state_dict"] = {}
     torch.save(checkpoint, tmp_path / "empty.ckpt")
     with pytest.raises(ValueError, match="no learned prompts"):
-        ClipScorer(cpl_checkpoint=str(tmp_path / "empty.ckpt"))
+        CPLScorer(cpl_checkpoint=str(tmp_path / "empty.ckpt"))
+    with pytest.raises(ParamError, match="cpl_checkpoint: .*no such file"):
+        CPLScorer(cpl_checkpoint=str(tmp_path / "absent.ckpt"))

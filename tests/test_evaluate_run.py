@@ -16,8 +16,8 @@ import torch
 import yaml
 
 from datamodules.benchmarks.questions import BenchmarkFileError, Question, load_vlm4d
-from datamodules.benchmarks.responders import (ResponderError, ResponsesFile, TransformersVLM, question_prompt)
-from datamodules.benchmarks.runner import RESPONSES, RunInterrupted, read_run_responses, run_benchmark
+from lightning_modules.responders import (ResponderError, ResponsesFile, TransformersVLM, question_prompt)
+from launch.benchmark_run import RESPONSES, RunInterrupted, read_run_responses, run_benchmark
 from launch import evaluate
 from tests.tiny_vlm import build_tiny_vlm, has_torchvision
 
@@ -82,7 +82,7 @@ def write_config(path: Path, bench: dict, model: dict, out: Path, **benchmark) -
 
 
 def vlm_model(directory: Path, **params) -> dict:
-    return {"target": "datamodules.benchmarks.responders.TransformersVLM",
+    return {"target": "lightning_modules.responders.TransformersVLM",
             "params": {"model": str(directory), "frames_as": "images", "batch_size": 2, "max_new_tokens": 4, **params}}
 
 
@@ -141,13 +141,13 @@ def test_run_end_to_end_with_a_tiny_vlm(bench, vlm_b, tmp_path, capsys):
 
 
 def test_run_end_to_end_with_a_tiny_clip_scorer(bench, tmp_path):
-    from datamodules.benchmarks.clip_scorer import ClipScorer
+    from lightning_modules.clip_scorer import ClipScorer
     from datamodules.benchmarks.frames import sample_frames
     from tests.tiny_clip import write_tiny_clip
 
     clip = write_tiny_clip(tmp_path / "clip", image_size=16)
     out = tmp_path / "out"
-    model = {"target": "datamodules.benchmarks.clip_scorer.ClipScorer",
+    model = {"target": "lightning_modules.clip_scorer.ClipScorer",
              "params": {"pretrained": str(clip), "device": "cpu"}}
     assert evaluate.main(["run", "--config", str(write_config(tmp_path / "run.yaml", bench, model, out)),
                           "--no-progress"]) == 0
@@ -185,7 +185,7 @@ def test_a_run_that_failed_before_answering_does_not_lock_its_directory(bench, t
     good = tmp_path / "good.jsonl"
     good.write_text(json.dumps({"id": "validation_1", "response": "B"}) + "\n")
     out = tmp_path / "out"
-    model = {"target": "datamodules.benchmarks.responders.ResponsesFile", "params": {"path": str(bad),
+    model = {"target": "lightning_modules.responders.ResponsesFile", "params": {"path": str(bad),
                                                                                      "split": "synthetic"}}
     config = write_config(tmp_path / "run.yaml", bench, model, out)
     assert evaluate.main(["run", "--config", str(config), "--no-progress"]) == 2
@@ -263,7 +263,7 @@ def test_a_damaged_line_before_the_end_is_an_error(bench, tmp_path):
 def test_sigterm_stops_between_batches_and_the_run_resumes(bench, tmp_path, monkeypatch, capsys):
     answers = tmp_path / "answers.jsonl"
     answers.write_text("".join(json.dumps({"id": qid, "response": "B"}) + "\n" for qid, _, _ in QUESTIONS))
-    model = {"target": "datamodules.benchmarks.responders.ResponsesFile",
+    model = {"target": "lightning_modules.responders.ResponsesFile",
              "params": {"path": str(answers), "split": "synthetic"}}
     out = tmp_path / "out"
     config = write_config(tmp_path / "run.yaml", bench, model, out)
@@ -386,7 +386,7 @@ def test_config_errors_are_reported_together_one_line_each(bench, tmp_path, caps
         "benchmark": {"name": "vlm4d", "questions": {"real": str(tmp_path / "nope.json"),
                                                      "imaginary": str(bench["questions"])},
                       "video_root": str(tmp_path / "no_videos"), "num_frames": 8, "fps": 2.0, "limt": 3},
-        "model": {"target": "datamodules.benchmarks.responders.TransformersVLM",
+        "model": {"target": "lightning_modules.responders.TransformersVLM",
                   "params": {"model": "Qwen/Qwen2-VL-7B-Instruct", "prompt": "essay", "batchsize": 2}},
         "judge": {"model_path": str(tmp_path / "no_judge")},
         "extra": 1, "out": str(tmp_path / "out")}))
@@ -403,7 +403,7 @@ def test_config_errors_are_reported_together_one_line_each(bench, tmp_path, caps
         "benchmark": {"name": "vlm4d", "questions": {"real": str(tmp_path / "nope.json"),
                                                      "imaginary": str(bench["questions"])},
                       "video_root": str(tmp_path / "no_videos"), "num_frames": 8, "fps": 2.0},
-        "model": {"target": "datamodules.benchmarks.responders.NoSuchResponder"},
+        "model": {"target": "lightning_modules.responders.NoSuchResponder"},
         "judge": {"model_path": str(tmp_path / "no_judge")}}))
     assert evaluate.main(["run", "--config", str(config), "benchmark.limit=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -40,4 +40,4 @@ def test_benchmark_configs_shipped():
     assert {"vlm4d_qwen2vl", "mmworld_qwen2vl", "vlm4d_clip", "mmworld_clip"} <= names
     for name in ("vlm4d_clip", "mmworld_clip"):
         assert load_config(REPO / "configs" / "benchmarks" / f"{name}.yaml").cfg.model.target == \
-            "datamodules.benchmarks.clip_scorer.ClipScorer"
+            "lightning_modules.clip_scorer.ClipScorer"

@@ -3,8 +3,8 @@
 Read in this order: lightning_modules/frozen_clip.py (the frozen CLIP and how prompts enter it, shared with the
 benchmark scorer), prompt_learner (learned contexts and the CoCoOp meta-net), counterfactual (CPL's counterfactual search and loss terms), negatives (BERTScore-similar
 texts), module (the LightningModule and its three tasks), data (classification, retrieval and VQA shards as CLIP
-inputs), benchmark (the summary table), inference (a trained module rebuilt from its checkpoint, e.g. to score
-MMWorld/VLM4D options with datamodules/benchmarks/clip_scorer.py).
+inputs), benchmark (the summary table), inference (a trained module rebuilt from its checkpoint, and `CPLScorer`,
+which scores MMWorld/VLM4D options with it through lightning_modules/clip_scorer.py).
 """
 
 from lightning_modules.cpl.module import CPLModule

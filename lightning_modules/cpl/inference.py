@@ -4,15 +4,21 @@ The checkpoint holds the module's hyper-parameters (among them `clip`, where the
 learned weights (prompts.*). The prompt learner is normally built in `setup` from the training data's classes; here
 it is built from the hyper-parameters alone, so no data module (and no BERTScore negatives) is needed, and the
 learned weights are then loaded strictly: a checkpoint without them is an error, never a silently untrained model.
+
+`CPLScorer` is the benchmark responder of such a checkpoint: lightning_modules/clip_scorer.py's multiple choice by
+CLIP similarity, with the option texts encoded through the learned prompts.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping
 
 import torch
 
+from datamodules.errors import raise_param_problems
+from lightning_modules.clip_scorer import DEFAULT_TEMPLATE, ClipScorer, default_device
 from lightning_modules.cpl.module import CPLModule
 
 PLACEHOLDER_CLASS = "object"  # the learner's first classes; a scorer prompts its own texts
@@ -46,3 +52,28 @@ def load_for_inference(checkpoint_path: str | os.PathLike, clip: dict[str, Any] 
     module.load_state_dict(state, strict=True)
     module.on_load_checkpoint(checkpoint)
     return module.eval()
+
+
+class CPLScorer(ClipScorer):
+    """Multiple choice by CLIP similarity with a CPL / CoOp / CoCoOp checkpoint's learned prompts.
+
+    cpl_checkpoint: a Lightning checkpoint of lightning_modules.cpl.CPLModule (e.g. a run's checkpoints/last.ckpt).
+    pretrained: where its CLIP is, when not where its hyper-parameters say (the same CLIP, found elsewhere).
+    template, batch_size, device: as for ClipScorer.
+    """
+
+    def __init__(self, cpl_checkpoint: str, pretrained: str | None = None, template: str = DEFAULT_TEMPLATE,
+                 batch_size: int = 8, device: str | None = None):
+        raise_param_problems(self.config_problems({"cpl_checkpoint": cpl_checkpoint, "template": template,
+                                                   "batch_size": batch_size}))
+        module = load_for_inference(cpl_checkpoint, clip=None if pretrained is None else {"pretrained": pretrained})
+        module.to(default_device(device))
+        self._configure(module.clip, module.prompts, template, batch_size)
+
+    @classmethod
+    def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        problems = ClipScorer.config_problems({k: v for k, v in params.items() if k != "pretrained"}, check_files)
+        checkpoint = params.get("cpl_checkpoint")
+        if check_files and isinstance(checkpoint, str) and not Path(checkpoint).is_file():
+            problems.append(("cpl_checkpoint", f"{checkpoint}: no such file (a CPL/CoOp/CoCoOp Lightning checkpoint)"))
+        return problems

@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_modules.frozen_clip import FrozenCLIP
-from lightning_modules.cpl.counterfactual import (
-    class_logits, contrastive_loss, counterfactual, pick_negatives, search_mask)
+from datamodules.errors import raise_param_problems
+from lightning_modules.clip_scorer import ClipScorer
+from lightning_modules.cpl.counterfactual import (class_logits, contrastive_loss, counterfactual, pick_negatives,
+                                                  search_mask)
 from lightning_modules.cpl.prompt_learner import PromptLearner, check_class_names
+from lightning_modules.frozen_clip import FrozenCLIP
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}."
 METRIC = {"classification": "accuracy", "retrieval": "r1", "vqa": "vqa_accuracy"}
@@ -53,18 +55,17 @@ class CPLModule(L.LightningModule):
         super().__init__()
         problems = []
         if variant not in ("coop", "cocoop", "cpl"):
-            problems.append(f"variant must be coop, cocoop or cpl, got {variant!r}")
+            problems.append(("variant", f"must be coop, cocoop or cpl, got {variant!r}"))
         if variant == "cpl" and scorer is None:
-            problems.append("variant cpl needs scorer: {model: HF id or path of a BERT-like model, num_layers: N} "
-                            "for the BERTScore negatives")
+            problems.append(("scorer", "variant cpl needs scorer: {model: HF id or path of a BERT-like model, "
+                                       "num_layers: N} for the BERTScore negatives"))
         if k is not None and k < 1:
-            problems.append(f"k must be >= 1 (or null: any other class in the batch), got {k}")
+            problems.append(("k", f"must be >= 1 (or null: any other class in the batch), got {k}"))
         if tau <= 0:
-            problems.append(f"tau must be > 0, got {tau}")
+            problems.append(("tau", f"must be > 0, got {tau}"))
         if search_steps < 1:
-            problems.append(f"search_steps must be >= 1, got {search_steps}")
-        if problems:
-            raise ValueError("; ".join(problems))
+            problems.append(("search_steps", f"must be >= 1, got {search_steps}"))
+        raise_param_problems(problems)
         self.save_hyperparameters()
         self.clip = FrozenCLIP(**clip)
         self.task = "classification"
@@ -329,8 +330,6 @@ class CPLModule(L.LightningModule):
     def benchmark_responder(self) -> Any:
         """Video multiple choice with this module's CLIP and learned prompts (callbacks.benchmark_validation's
         default responder): each option's text through the prompt learner, nearest to the frames wins."""
-        from datamodules.benchmarks.clip_scorer import ClipScorer
-
         return ClipScorer.from_module(self.clip, self.prompts)
 
     # -- optimisation ---------------------------------------------------------------------------------------------

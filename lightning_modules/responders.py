@@ -1,14 +1,17 @@
 """What answers benchmark questions: a `Responder` turns questions (and their videos' frames) into response texts.
 
-The runner (runner.py) and the training-time benchmark callback call `respond(questions, frames)`, where
-frames[i] is the uint8 [T, H, W, 3] array of questions[i]'s video (None for a responder with `needs_frames`
-False). A response is the model's text, read afterwards by answers.extract_choice; None means "no answer for
-this question" (a responses file that lacks it) and is scored as missing, never as an answer.
+`answer_in_batches` is the one loop that asks a responder: `launch/evaluate.py run` (launch/benchmark_run.py) and the
+training-time callback (callbacks/benchmark_validation.py) both go through it. It calls `respond(questions, frames)`,
+where frames[i] is the uint8 [T, H, W, 3] array of questions[i]'s video (None for a responder with `needs_frames`
+False). A response is the model's text, read afterwards by datamodules/benchmarks/answers.py `extract_choice`; None
+means "no answer for this question" (a responses file that lacks it) and is scored as missing, never as an answer.
 
 Responders here:
   ResponsesFile    answers produced elsewhere (a JSON list or JSONL of {"id", "response"[, "split"]}).
   TransformersVLM  any transformers vision-language model with a processor and a chat template: the frames go in
                    as one video or as N images, with a direct-letter or a chain-of-thought prompt, greedy decoding.
+and in lightning_modules/clip_scorer.py, ClipScorer: the option whose text is nearest the frames by CLIP similarity.
+A LightningModule offers one for validation through `benchmark_responder()`.
 
 A responder class may define `config_problems(params, check_files=True) -> [(param, message)]`: checks of its
 config values that `launch/evaluate.py run` reports together with every other config problem.
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from datamodules.benchmarks.questions import QKey, Question
 from datamodules.benchmarks.scoring import read_responses
+from datamodules.errors import first_line, raise_param_problems
 
 PROMPTS = ("direct", "cot")
 FRAMES_AS = ("video", "images")
@@ -51,6 +55,41 @@ class Responder(Protocol):
 
     def respond(self, questions: Sequence[Question], frames: Sequence[np.ndarray | None]) -> list[str | None]:
         ...
+
+
+FramesOf = Callable[[Question], "np.ndarray | None"]
+
+
+def answer_in_batches(questions: Sequence[Question], responder: Responder, frames_of: FramesOf | None,
+                      batch_size: int) -> Iterator[tuple[Sequence[Question], list[tuple[Question, str | None]]]]:
+    """Ask `responder` about `questions`, `batch_size` at a time, in order; per batch yield (the batch, [(asked
+    question, its response)]).
+
+    A responder that needs frames gets `frames_of(question)`; a question whose frames are None (its video is missing
+    or cannot be decoded) is not asked, and a batch with nothing to ask makes no call. A responder that answers
+    another number of questions than it was asked is an error (ResponderError), never a silent misalignment.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    needs_frames = bool(getattr(responder, "needs_frames", True))
+    if needs_frames and frames_of is None:
+        raise ValueError(f"{type(responder).__name__} answers from video frames: give frames_of")
+    for start in range(0, len(questions), batch_size):
+        batch = questions[start:start + batch_size]
+        if needs_frames:
+            pairs = [(q, frames_of(q)) for q in batch]
+            pairs = [(q, f) for q, f in pairs if f is not None]
+        else:
+            pairs = [(q, None) for q in batch]
+        if not pairs:
+            yield batch, []
+            continue
+        asked = [q for q, _ in pairs]
+        answers = responder.respond(asked, [f for _, f in pairs])
+        if len(answers) != len(asked):
+            raise ResponderError(f"{type(responder).__name__} returned {len(answers)} responses for {len(asked)} "
+                                 f"questions")
+        yield batch, list(zip(asked, answers))
 
 
 def question_prompt(question: Question, prompt: str = "direct") -> str:
@@ -128,8 +167,7 @@ class TransformersVLM:
                     if given[name] not in allowed]
         problems += self.config_problems({"model": model, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                                           "processor_kwargs": processor_kwargs})
-        if problems:
-            raise ValueError("; ".join(f"{name}: {message}" for name, message in problems))
+        raise_param_problems(problems)
         import torch
 
         self.model_name = str(model)
@@ -176,9 +214,9 @@ class TransformersVLM:
         try:
             return AutoProcessor.from_pretrained(self.model_name, trust_remote_code=trust_remote_code)
         except ImportError as e:  # e.g. a video processor without torchvision
-            raise ResponderError(f"{self.model_name}: cannot load its processor: {_first_line(e)}") from e
+            raise ResponderError(f"{self.model_name}: cannot load its processor: {first_line(e)}") from e
         except (OSError, ValueError) as e:
-            raise ResponderError(f"{self.model_name}: cannot load a processor ({_first_line(e)})") from e
+            raise ResponderError(f"{self.model_name}: cannot load a processor ({first_line(e)})") from e
 
     def _load_model(self, dtype: str, trust_remote_code: bool):
         import torch
@@ -192,9 +230,9 @@ class TransformersVLM:
             try:
                 return auto.from_pretrained(self.model_name, **kwargs)
             except ValueError as e:  # "Unrecognized configuration class ... for this kind of AutoModel"
-                errors.append(f"{auto.__name__}: {_first_line(e)}")
+                errors.append(f"{auto.__name__}: {first_line(e)}")
             except OSError as e:
-                raise ResponderError(f"{self.model_name}: cannot load the model ({_first_line(e)})") from e
+                raise ResponderError(f"{self.model_name}: cannot load the model ({first_line(e)})") from e
         raise ResponderError(f"{self.model_name}: not an image-text-to-text model ({'; '.join(errors)})")
 
     def messages(self, question: Question, num_frames: int) -> list[dict[str, Any]]:
@@ -208,7 +246,7 @@ class TransformersVLM:
             return self.processor.apply_chat_template(self.messages(question, num_frames), add_generation_prompt=True,
                                                       tokenize=False)
         except ValueError as e:  # no chat template
-            raise ResponderError(f"{self.model_name}: cannot render a chat prompt ({_first_line(e)})") from e
+            raise ResponderError(f"{self.model_name}: cannot render a chat prompt ({first_line(e)})") from e
 
     def respond(self, questions: Sequence[Question], frames: Sequence[np.ndarray | None]) -> list[str | None]:
         if len(questions) != len(frames):
@@ -239,7 +277,3 @@ class TransformersVLM:
         new = generated[:, inputs["input_ids"].shape[1]:]  # left padding: every prompt ends at the same column
         return [text.strip() for text in tok.batch_decode(new, skip_special_tokens=True)]
 
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__

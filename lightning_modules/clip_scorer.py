@@ -5,12 +5,12 @@ resized to the encoder's input size, centre crop, CLIP mean/std), normalised aga
 `template.format(question=..., option=...)`, and the response is the letter of the option with the highest cosine
 similarity.
 
-The CLIP is any transformers CLIP checkpoint (HF id or local directory with its tokenizer), or a prompt-learning
-model: a CPL / CoOp / CoCoOp Lightning checkpoint (`cpl_checkpoint`), whose learned prompt learner encodes the option
-texts (its meta-net conditioned on the video feature). That checkpoint is read by lightning_modules.cpl, imported
-only when one is given: this module knows the prompt learner only as an object with `set_classes`, `n_ctx`,
-`meta_net` and `forward(image_features, rows_per_image=R)`. `ClipScorer.from_module` wraps an in-memory CLIP and
-prompt learner (a LightningModule's `benchmark_responder()`), without taking them over.
+The CLIP is any transformers CLIP checkpoint (HF id or local directory with its tokenizer), optionally with a prompt
+learner that encodes the option texts instead of the plain text encoder (its meta-net conditioned on the video
+feature). This module knows no method: it knows a prompt learner only as an object with `class_names`, `set_classes`,
+`n_ctx`, `meta_net` and `forward(image_features, rows_per_image=R)`. `ClipScorer.from_module` wraps an in-memory
+CLIP and prompt learner (a LightningModule's `benchmark_responder()`) without taking them over; a method that can
+score from its own checkpoints subclasses ClipScorer in its folder (lightning_modules/cpl/inference.py `CPLScorer`).
 
 Every question is scored on its own (its video's frames in fixed chunks, its option texts in one pass), so an
 answer never depends on which other questions share a call -- sharded and single-process evaluations agree.
@@ -19,7 +19,6 @@ answer never depends on which other questions share a call -- sharded and single
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -28,26 +27,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.benchmarks.questions import Question
+from datamodules.errors import raise_param_problems
 from datamodules.transforms import center_crop, normalize, resize_shorter
+from lightning_modules.frozen_clip import FrozenCLIP
 
 DEFAULT_TEMPLATE = "{question} {option}"
-
-
-def _raise_problems(problems: list[tuple[str, str]]) -> None:
-    if problems:
-        raise ValueError("ClipScorer: " + "; ".join(f"{name}: {message}" for name, message in problems))
 
 
 def _first_parameter(module: nn.Module) -> torch.Tensor:
     return next(iter(module.parameters()))
 
 
+def default_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 class ClipScorer:
-    """Responder (see responders.py): `respond(questions, frames)` -> option letters, e.g. ["B", "a"].
+    """Responder (lightning_modules/responders.py): `respond(questions, frames)` -> option letters, e.g. ["B", "a"].
 
     pretrained: HF id or local directory of a CLIP (model + tokenizer).
-    cpl_checkpoint: a Lightning checkpoint of lightning_modules.cpl.CPLModule; its CLIP is the one its
-        hyper-parameters name, unless `pretrained` is given too (the same CLIP, found elsewhere).
     template: each option's text; {question} and {option} are filled in. When a text is longer than the text
         encoder's positions, leading words of the question are dropped (never the option, which is what differs).
     batch_size: frames per image-encoder pass (a video's frames are split into fixed chunks).
@@ -56,23 +54,11 @@ class ClipScorer:
 
     needs_frames = True
 
-    def __init__(self, pretrained: str | None = None, cpl_checkpoint: str | None = None,
-                 template: str = DEFAULT_TEMPLATE, batch_size: int = 8, device: str | None = None):
-        _raise_problems(self.config_problems({"pretrained": pretrained, "cpl_checkpoint": cpl_checkpoint,
-                                              "template": template, "batch_size": batch_size}))
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if cpl_checkpoint is not None:
-            # lazily: shared benchmark code must not depend on a method package unless asked to load its checkpoint
-            from lightning_modules.cpl.inference import load_for_inference
-
-            module = load_for_inference(cpl_checkpoint, clip=None if pretrained is None else {"pretrained": pretrained})
-            module.to(target)
-            clip, prompts = module.clip, module.prompts
-        else:
-            from lightning_modules.frozen_clip import FrozenCLIP  # a shared building block, not a method
-
-            clip, prompts = FrozenCLIP(pretrained=pretrained).to(target), None
-        self._configure(clip, prompts, template, batch_size)
+    def __init__(self, pretrained: str, template: str = DEFAULT_TEMPLATE, batch_size: int = 8,
+                 device: str | None = None):
+        raise_param_problems(self.config_problems({"pretrained": pretrained, "template": template,
+                                                   "batch_size": batch_size}))
+        self._configure(FrozenCLIP(pretrained=pretrained).to(default_device(device)), None, template, batch_size)
 
     @classmethod
     def from_module(cls, clip: nn.Module, prompts: nn.Module | None = None, template: str = DEFAULT_TEMPLATE,
@@ -88,11 +74,8 @@ class ClipScorer:
     def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """(param, message) for every value that cannot work, without loading anything (launch/evaluate.py)."""
         problems = []
-        pretrained, checkpoint = params.get("pretrained"), params.get("cpl_checkpoint")
-        if pretrained is None and checkpoint is None:
-            problems.append(("pretrained", "give a CLIP (HF id or directory) or cpl_checkpoint"))
-        if checkpoint is not None and check_files and not Path(checkpoint).is_file():
-            problems.append(("cpl_checkpoint", f"{checkpoint}: no such file (a CPL/CoOp/CoCoOp Lightning checkpoint)"))
+        if "pretrained" in params and not params["pretrained"]:
+            problems.append(("pretrained", "give a CLIP: a Hub id or a local directory with its tokenizer"))
         template = params.get("template", DEFAULT_TEMPLATE)
         if not isinstance(template, str) or "{option}" not in template:
             problems.append(("template", f"{template!r} has no {{option}} field"))
@@ -106,8 +89,8 @@ class ClipScorer:
         return problems
 
     def _configure(self, clip: nn.Module, prompts: nn.Module | None, template: str, batch_size: int) -> None:
-        _raise_problems(self.config_problems({"pretrained": "in memory", "template": template,
-                                              "batch_size": batch_size}, check_files=False))
+        raise_param_problems(ClipScorer.config_problems({"template": template, "batch_size": batch_size},
+                                                        check_files=False))
         self.clip, self.prompts, self.template, self.batch_size = clip, prompts, template, batch_size
         # positions a prompt learner adds around the text: its context vectors and the closing period
         self._reserved = 0 if prompts is None else prompts.n_ctx + len(clip.token_ids("."))

@@ -1,4 +1,6 @@
-"""Run a responder over a benchmark's questions, resumably, then score: `run_benchmark`.
+"""The loop of `launch/evaluate.py run`: a responder over a benchmark's questions, resumably, then scored:
+`run_benchmark`. The questions are asked through lightning_modules/responders.py `answer_in_batches`, as the
+training-time callback asks them.
 
 OUT/responses.jsonl is the run's memory: one {"split", "id", "response", "asked"} line per answered question
 ("asked": Question.asked_digest, a hash of the video, question and options shown), appended a batch at a time
@@ -30,9 +32,9 @@ import numpy as np
 from datamodules.benchmarks.frames import Sampling, VideoDecodeError, sample_frames
 from datamodules.benchmarks.questions import (BenchmarkFileError, QKey, Question, VideoReport, check_videos,
                                               index_questions, resolve_video)
-from datamodules.benchmarks.responders import Responder, ResponderError
 from datamodules.benchmarks.scoring import score_responses, summarize, write_outputs
 from datamodules.files import atomic_write_text
+from lightning_modules.responders import Responder, answer_in_batches
 
 RESPONSES = "responses.jsonl"
 RUN_INFO = "run.json"
@@ -203,11 +205,6 @@ class _Progress:
 
 
 # ----------------------------------------------------------------------------------------------- run
-def _batches(items: Sequence[Question], size: int) -> Iterator[Sequence[Question]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def run_benchmark(questions: Sequence[Question], responder: Responder, video_root: str | os.PathLike | None,
                   out_dir: str | os.PathLike, *, num_frames: int | None = 8, fps: float | None = None,
                   max_frames: int | None = None, frame_cache: str | os.PathLike | None = None,
@@ -284,24 +281,13 @@ def run_benchmark(questions: Sequence[Question], responder: Responder, video_roo
         return frames
 
     try:
-        for batch in _batches(todo, batch_size):
-            if needs_frames:
-                pairs = [(q, frames_of(q)) for q in batch]
-                pairs = [(q, f) for q, f in pairs if f is not None]
-            else:
-                pairs = [(q, None) for q in batch]
-            if pairs:
-                asked = [q for q, _ in pairs]
-                answers = responder.respond(asked, [f for _, f in pairs])
-                if len(answers) != len(asked):
-                    raise ResponderError(f"{type(responder).__name__} returned {len(answers)} responses for "
-                                         f"{len(asked)} questions")
-                answered = [{"split": q.split, "id": q.id, "response": a, "asked": q.asked_digest}
-                            for q, a in zip(asked, answers) if a is not None]
-                append_responses(responses_path, answered)
-                for r in answered:
-                    done[(r["split"], r["id"])] = r["response"]
-                generated += len(answered)
+        for batch, responses in answer_in_batches(todo, responder, frames_of if needs_frames else None, batch_size):
+            answered = [{"split": q.split, "id": q.id, "response": a, "asked": q.asked_digest}
+                        for q, a in responses if a is not None]
+            append_responses(responses_path, answered)
+            for r in answered:
+                done[(r["split"], r["id"])] = r["response"]
+            generated += len(answered)
             bar.advance(len(batch))
     except KeyboardInterrupt as e:
         bar.close()
