@@ -290,8 +290,9 @@ def write_result(name: str, *, figures: Mapping[str, float] | None, ratios: Mapp
 
 
 def summary(record: Mapping, path: str | os.PathLike | None = None) -> str:
-    """Lines for the terminal: every ratio, and for a targeted one its target and whether it was met."""
+    """Lines for the terminal: every figure and ratio, and for a targeted ratio its target and whether it was met."""
     lines = [f"wrote {path}"] if path is not None else []
+    lines += [f"  {name} = {value:.4g}" for name, value in record["figures"].items()]
     for name, value in record["ratios"].items():
         line = f"  {name} = {value:.4g}"
         if name in record["targets"]:
