@@ -3,7 +3,7 @@
 Run from the repository root:
   .venv/bin/python bench/cpl.py                      # CPU: a small CLIP (about 2 minutes on 2 cores)
   python3 bench/cpl.py --size vit-b16 --device cuda  # GPU: CLIP ViT-B/16 shapes, bf16 autocast
-Writes bench/results/cpl_<size>_<device>_batch<B>_classes<C>.json (format: ../shared/DESIGN.md, "Performance"). Target: cpl <= 1.5x cocoop.
+Writes bench/results/cpl_<size>_<device>_batch<B>_classes<C>.json (bench/result_file.py). Target: cpl <= 1.5x cocoop.
 
 The CLIP is built from a config with random weights (no download; speed does not depend on the weights) and a
 word-level tokenizer built here. A step is what Lightning runs per batch: CPLModule.training_step (image features
@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +27,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
+from bench.result_file import medians, write_result  # noqa: E402
 from lightning_modules.cpl.module import CPLModule  # noqa: E402
 from lightning_modules.clip_pretrain.tokenizer import build_tokenizer, save_tokenizer  # noqa: E402
 
@@ -112,27 +110,18 @@ def main() -> int:
             if cuda:
                 torch.cuda.synchronize()
             samples[variant].append((time.perf_counter() - start) / args.steps * 1000)
-    med = {v: statistics.median(s) for v, s in samples.items()}
-    ratios = {"cpl_over_cocoop": med["cpl"] / med["cocoop"], "cocoop_over_coop": med["cocoop"] / med["coop"]}
-    device_name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
-    result = {
-        "command": "python bench/cpl.py " + " ".join(sys.argv[1:]),
-        "machine": {"device": device_name, "platform": platform.platform(), "python": platform.python_version(),
-                    "threads": torch.get_num_threads()},
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-        "setup": {"size": args.size, "classes": args.classes, "batch": args.batch, "steps": args.steps,
+    samples_ms = {f"{v}_ms_per_step": s for v, s in samples.items()}
+    med = medians(samples_ms)
+    write_result(
+        f"cpl_{args.size}_{'cuda' if cuda else 'cpu'}_batch{args.batch}_classes{args.classes}",
+        settings={"size": args.size, "classes": args.classes, "batch": args.batch, "steps": args.steps,
                   "warmup": args.warmup, "repeats": args.repeats, "precision": "bf16 autocast" if cuda else "fp32",
                   "cpl": {"search_steps": modules["cpl"].hparams.search_steps, "k": modules["cpl"].hparams.k}},
-        "figures": {f"{v}_ms_per_step": m for v, m in med.items()},
-        "ratios": ratios,
-        "targets": {"cpl_over_cocoop": "<= 1.5"},
-        "target_met": {"cpl_over_cocoop": ratios["cpl_over_cocoop"] <= 1.5},
-        "samples": {f"{v}_ms_per_step": s for v, s in samples.items()},
-    }
-    out = REPO / "bench" / "results" / f"cpl_{args.size}_{'cuda' if cuda else 'cpu'}_batch{args.batch}_classes{args.classes}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({"figures": result["figures"], "ratios": ratios}, indent=1))
+        figures=med,
+        ratios={"cpl_over_cocoop": med["cpl_ms_per_step"] / med["cocoop_ms_per_step"],
+                "cocoop_over_coop": med["cocoop_ms_per_step"] / med["coop_ms_per_step"]},
+        targets={"cpl_over_cocoop": "<= 1.5"},
+        samples=samples_ms, libraries=("transformers",), device=args.device)
     return 0
 
 

@@ -2,15 +2,13 @@
 (k=null), on class counts of the CoOp datasets' base halves, with random batches as the shard loader draws them.
 
 Run from the repository root:  .venv/bin/python bench/cpl_coverage.py  (seconds; no model involved)
-Writes bench/results/cpl_coverage.json (format: ../shared/DESIGN.md, "Performance"). A sample is covered when its
+Writes bench/results/cpl_coverage.json (bench/result_file.py). A sample is covered when its
 batch holds a sample whose class is an allowed negative (lightning_modules/cpl/counterfactual.py pick_negatives).
 The class similarities are random and symmetric: with top-k, coverage depends only on how many classes are allowed.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from bench.result_file import write_result  # noqa: E402
 from lightning_modules.cpl.counterfactual import pick_negatives  # noqa: E402
 from lightning_modules.cpl.negatives import top_k_negatives  # noqa: E402
 
@@ -47,14 +46,8 @@ def main() -> int:
         figures[f"{name}_{n}_classes_top{K}"] = round(top3, 4)
         figures[f"{name}_{n}_classes_nearest_in_batch"] = round(nearest, 4)
         ratios[f"{name}_top{K}_over_nearest"] = round(top3 / nearest, 4)
-    result = {"command": "bench/cpl_coverage.py", "machine": {"platform": platform.platform(),
-                                                              "python": platform.python_version()},
-              "versions": {"torch": torch.__version__},
-              "settings": {"batch_size": BATCH_SIZE, "batches": BATCHES, "k": K},
-              "figures": figures, "ratios": ratios, "targets": {}}
-    out = REPO / "bench" / "results" / "cpl_coverage.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(figures, indent=1))
+    write_result("cpl_coverage", settings={"batch_size": BATCH_SIZE, "batches": BATCHES, "k": K},
+                 figures=figures, ratios=ratios, targets={})
     return 0
 
 

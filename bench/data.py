@@ -1,7 +1,7 @@
 """The data layer's speed: read throughput of ShardDataModule, and how long a mid-epoch resume takes.
 
 Run from the repository root:  .venv/bin/python bench/data.py   (about 2 minutes on 2 CPU cores, ~250 MB of temp disk)
-Writes bench/results/data.json (format: ../shared/DESIGN.md, "Performance").
+Writes bench/results/data.json (bench/result_file.py).
 
 Throughput. A synthetic-shapes dataset written by launch/make_shards.py (64x64 PNG + class + JSON per sample).
 - reference: one process, no framework: each tar read front to back with Python's tarfile, members grouped by key,
@@ -22,9 +22,6 @@ import argparse
 import io
 import itertools
 import json
-import os
-import platform
-import statistics
 import sys
 import tarfile
 import tempfile
@@ -35,17 +32,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import lightning  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import webdataset as wds  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.result_file import medians, write_result  # noqa: E402
 from datamodules.shard_datamodule import ShardDataModule  # noqa: E402
 from datamodules.shards import ShardWriter, read_index  # noqa: E402
 from launch import make_shards  # noqa: E402
 
-RESULT = REPO / "bench" / "results" / "data.json"
 BATCH = 64
 RESUME_SAMPLES, RESUME_SHARDS = 200_000, 20
 
@@ -174,33 +170,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tput = throughput(Path(tmp), args.num, args.repeats)
         res = resume(Path(tmp), args.repeats)
-    med = {name: statistics.median(v) for name, v in tput["samples_per_s"].items()}
-    rmed = {name: statistics.median(v) for name, v in res["seconds"].items()}
-    ratios = {
-        "throughput_2_workers_over_reference": med["worldbridge_2_workers"] / med["reference_single_process"],
-        "throughput_0_workers_over_reference": med["worldbridge_0_workers"] / med["reference_single_process"],
-        "throughput_0_workers_over_webdataset": med["worldbridge_0_workers"] / med["webdataset_single_process"],
-        "resume_90pct_over_0pct": rmed["worldbridge_at_90pct_s"] / rmed["worldbridge_at_0pct_s"],
-        "resume_90pct_reference_over_worldbridge": rmed["reference_webdataset_at_90pct_s"]
-        / rmed["worldbridge_at_90pct_s"],
-    }
-    targets = {"resume_90pct_over_0pct": "<= 1.25"}
-    result = {
-        "command": "python bench/data.py " + " ".join(sys.argv[1:]),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "lightning": lightning.__version__,
-                     "webdataset": getattr(wds, "__version__", "?"), "numpy": np.__version__},
-        "figures": {**{f"{k}_samples_per_s": v for k, v in med.items()}, **rmed},
-        "ratios": ratios,
-        "targets": targets,
-        "target_met": {"resume_90pct_over_0pct": ratios["resume_90pct_over_0pct"] <= 1.25},
-        "setup": {"throughput": {k: v for k, v in tput.items() if k != "samples_per_s"},
-                  "resume": {k: v for k, v in res.items() if k != "seconds"}},
-        "samples": {"throughput_samples_per_s": tput["samples_per_s"], "resume_seconds": res["seconds"]},
-    }
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({"figures": result["figures"], "ratios": ratios}, indent=1))
+    samples = {**{f"{k}_samples_per_s": v for k, v in tput["samples_per_s"].items()}, **res["seconds"]}
+    med = medians(samples)
+    write_result(
+        "data",
+        settings={"throughput": {k: v for k, v in tput.items() if k != "samples_per_s"},
+                  "resume": {k: v for k, v in res.items() if k != "seconds"}, "repeats": args.repeats},
+        figures=med,
+        ratios={
+            "throughput_2_workers_over_reference": med["worldbridge_2_workers_samples_per_s"]
+            / med["reference_single_process_samples_per_s"],
+            "throughput_0_workers_over_reference": med["worldbridge_0_workers_samples_per_s"]
+            / med["reference_single_process_samples_per_s"],
+            "throughput_0_workers_over_webdataset": med["worldbridge_0_workers_samples_per_s"]
+            / med["webdataset_single_process_samples_per_s"],
+            "resume_90pct_over_0pct": med["worldbridge_at_90pct_s"] / med["worldbridge_at_0pct_s"],
+            "resume_90pct_reference_over_worldbridge": med["reference_webdataset_at_90pct_s"]
+            / med["worldbridge_at_90pct_s"],
+        },
+        targets={"resume_90pct_over_0pct": "<= 1.25"},
+        samples=samples, libraries=("lightning", "webdataset", "numpy"))
     return 0
 
 

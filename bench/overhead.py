@@ -1,7 +1,7 @@
 """Per-step overhead of worldbridge's Lightning fit against a plain PyTorch loop over the same model and data.
 
 Run from the repository root:  .venv/bin/python bench/overhead.py   (about 1.5 minutes on 2 CPU cores)
-Writes bench/results/overhead.json (format: ../shared/DESIGN.md, "Performance").
+Writes bench/results/overhead.json (bench/result_file.py).
 
 Framework side: launch/fit.py's own functions -- load_config on configs/demo/regression.yaml with overrides,
 check_config, prepare_run (run directory in a temporary directory, the trainer of launch.trainer.build_trainer:
@@ -31,10 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -51,13 +48,14 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback, RichProgressBar  # noqa: E402
 
+from bench.result_file import medians, target_met, write_result  # noqa: E402
 from launch.config import instantiate, load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "demo" / "regression.yaml"
 RESULT = REPO / "bench" / "results" / "overhead.json"
 THREADS = 2
 HIDDEN, DEPTH, BATCH = 1024, 2, 256
-TARGET = 1.05
+TARGET = "<= 1.05"  # framework_over_plain_step_time
 
 
 def overrides(warmup: int, steps: int) -> list[str]:
@@ -184,18 +182,6 @@ def max_abs_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, no GPU used"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warmup", type=int, default=30, help="untimed steps at the start of every repeat")
@@ -215,8 +201,7 @@ def main() -> int:
 
     sides = ("framework", "plain", "bare_lightning", "framework_no_progress_bar")
     results: dict[str, list[dict]] = {side: [] for side in sides}
-    framework, plain, bare = results["framework"], results["plain"], results["bare_lightning"]
-    no_bar = results["framework_no_progress_bar"]
+    framework, plain = results["framework"], results["plain"]
     weight_diffs: list[float] = []
     bench_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wb-bench-overhead-") as tmp:
@@ -238,16 +223,20 @@ def main() -> int:
             weight_diffs.append(max(max_abs_diff(states[side], states["plain"]) for side in sides))
     bench_s = time.perf_counter() - bench_start
 
-    def med(results: list[dict], key: str) -> float:
-        return statistics.median(r[key] for r in results)
+    def ms(side: str, key: str) -> list[float]:  # one figure per repeat: the mean of its block, in ms
+        return [round(r[key] * 1e3, 4) for r in results[side]]
 
-    fw_ms, pl_ms, bare_ms, no_bar_ms = (med(r, "mean_s") * 1e3 for r in (framework, plain, bare, no_bar))
+    samples = {f"{side}_step_ms": ms(side, "mean_s") for side in sides}
+    samples.update({f"{side}_{part}_ms": ms(side, f"{part}_mean_s")
+                    for side in ("framework", "plain") for part in ("inner", "between")})
+    figures = medians(samples)
+    fw_ms, pl_ms, bare_ms, no_bar_ms = (figures[f"{side}_step_ms"] for side in sides)
+    fw_inner, fw_between = figures["framework_inner_ms"], figures["framework_between_ms"]
+    pl_inner, pl_between = figures["plain_inner_ms"], figures["plain_between_ms"]
     ratio = fw_ms / pl_ms
     pooled_ratio = (statistics.median(t for r in framework for t in r["per_step_s"])
                     / statistics.median(t for r in plain for t in r["per_step_s"]))
-    fw_inner, fw_between = med(framework, "inner_mean_s") * 1e3, med(framework, "between_mean_s") * 1e3
-    pl_inner, pl_between = med(plain, "inner_mean_s") * 1e3, med(plain, "between_mean_s") * 1e3
-    met = ratio <= TARGET
+    met = target_met(ratio, TARGET)
     overhead_ms = fw_ms - pl_ms
 
     notes = (
@@ -268,17 +257,12 @@ def main() -> int:
         "(in the loop thread) and the CSV/TensorBoard log_metrics+save every log_every_n_steps=10 steps are small; "
         "Preemption's per-step "
         "reduce_boolean_decision is a plain return on SingleDeviceStrategy (no collective) and costs ~nothing. "
-        "This machine is noisy: repeat-to-repeat spread of a side is several percent (see *_per_repeat), so "
+        "This machine is noisy: repeat-to-repeat spread of a side is several percent (see samples *_step_ms), so "
         "differences under ~0.3 ms/step between sides are not resolved."
     )
-    ms = lambda rs: [round(r["mean_s"] * 1e3, 4) for r in rs]  # noqa: E731
-    record = {
-        "command": ".venv/bin/python bench/overhead.py" + "".join(
-            f" --{k} {v}" for k, v in (("warmup", args.warmup), ("steps", args.steps), ("repeats", args.repeats))
-            if v != parser.get_default(k)),
-        "machine": machine(),
-        "versions": {"torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version()},
-        "setup": {
+    write_result(
+        args.out.stem, directory=args.out.parent, libraries=("lightning",),
+        settings={
             "config": str(CONFIG.relative_to(REPO)),
             "overrides": overrides(args.warmup, args.steps) + ["run.root=<temporary directory>", "run.name=fw-<i>"],
             "model": f"MLPRegressor in_dim 16, hidden_dim {HIDDEN}, depth {DEPTH} ({n_params} parameters), AdamW "
@@ -313,47 +297,27 @@ def main() -> int:
                       "its block; headline = ratio of the medians over repeats. Not used: fit total time (includes "
                       "setup and the final checkpoint; given per repeat as framework_fit_total_s for reference).",
         },
-        "figures": {
-            "framework_step_ms_median": round(fw_ms, 4),
-            "plain_step_ms_median": round(pl_ms, 4),
-            "bare_lightning_step_ms_median": round(bare_ms, 4),
-            "framework_no_progress_bar_step_ms_median": round(no_bar_ms, 4),
-            "overhead_ms_per_step": round(overhead_ms, 4),
-            "framework_step_ms_per_repeat": ms(framework),
-            "plain_step_ms_per_repeat": ms(plain),
-            "bare_lightning_step_ms_per_repeat": ms(bare),
-            "framework_no_progress_bar_step_ms_per_repeat": ms(no_bar),
-            "framework_inner_ms_median": round(fw_inner, 4),
-            "framework_between_ms_median": round(fw_between, 4),
-            "plain_inner_ms_median": round(pl_inner, 4),
-            "plain_between_ms_median": round(pl_between, 4),
-            "framework_fit_total_s": [round(r["fit_total_s"], 3) for r in framework],
+        figures={**figures, "overhead_ms_per_step": round(overhead_ms, 4), "bench_wall_s": round(bench_s, 1)},
+        ratios={
+            "framework_over_plain_step_time": ratio,
+            "framework_over_plain_pooled_per_step_median": pooled_ratio,
+            "bare_lightning_over_plain_step_time": bare_ms / pl_ms,
+            "framework_over_bare_lightning_step_time": fw_ms / bare_ms,
+            "framework_no_progress_bar_over_plain_step_time": no_bar_ms / pl_ms,
+        },
+        targets={"framework_over_plain_step_time": TARGET},
+        checks={
             "torch_threads_seen": {side: results[side][0]["threads"] for side in sides},
             "same_training_check": {
                 "first_loss": {side: results[side][0]["first_loss"] for side in sides},
                 "max_abs_weight_diff_vs_plain_after_run_per_repeat": weight_diffs,
             },
-            "bench_wall_s": round(bench_s, 1),
         },
-        "ratios": {
-            "framework_over_plain_step_time": round(ratio, 4),
-            "framework_over_plain_pooled_per_step_median": round(pooled_ratio, 4),
-            "bare_lightning_over_plain_step_time": round(bare_ms / pl_ms, 4),
-            "framework_over_bare_lightning_step_time": round(fw_ms / bare_ms, 4),
-            "framework_no_progress_bar_over_plain_step_time": round(no_bar_ms / pl_ms, 4),
-        },
-        "targets": {"framework_over_plain_step_time": f"<= {TARGET}"},
-        "target_met": {"framework_over_plain_step_time": met},
-        "notes": notes,
-        "samples": {
-            "unit": "seconds per step, each timed step of each repeat, in run order",
-            **{side: [[round(t, 7) for t in r["per_step_s"]] for r in results[side]] for side in sides},
-        },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"framework {fw_ms:.3f} ms/step, plain {pl_ms:.3f} ms/step, ratio {ratio:.3f} "
-          f"(target <= {TARGET}: {'met' if met else 'MISSED'}); wrote {args.out}")
+        notes=notes,
+        samples={**samples, "framework_fit_total_s": [round(r["fit_total_s"], 3) for r in framework],
+                 **{f"{side}_each_step_s": [[round(t, 7) for t in r["per_step_s"]] for r in results[side]]
+                    for side in sides}},
+    )
     return 0
 
 
