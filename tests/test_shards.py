@@ -15,7 +15,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from datamodules.shards import DatasetError, ShardWriter, parse_size, read_index, write_parallel
+from datamodules.shards import DatasetError, ShardWriter, parse_index, parse_size, read_index, write_parallel
 from launch import make_shards
 
 REPO = Path(__file__).resolve().parent.parent
@@ -147,6 +147,25 @@ def test_read_index_errors(tmp_path):
     shard.unlink()
     with pytest.raises(DatasetError, match="x-000001.tar.*missing"):
         read_index(tmp_path / "d")
+
+
+def test_lenient_index_reading(tmp_path):
+    """strict=False (verify='none', an index beside streamed shards): only a 'shards' list is required."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "index.json").write_text(json.dumps({"shards": [{"file": "gone.tar", "samples": 2}]}))
+    with pytest.raises(DatasetError, match="not a worldbridge-shards/1 index"):
+        read_index(d)
+    index = read_index(d, strict=False)  # nothing checked on disk: the shard may be missing
+    assert index == {"shards": [{"file": "gone.tar", "samples": 2}], "metadata": {}, "keys": []}
+    assert read_index(tmp_path, strict=False, path=d / "index.json") == index  # an index file named by its path
+    assert parse_index(b'{"shards": [], "metadata": {"a": 1}}', "url", strict=False)["metadata"] == {"a": 1}
+    with pytest.raises(DatasetError, match="url: not a shard index"):
+        parse_index('{"format": "worldbridge-shards/1"}', "url", strict=False)
+    with pytest.raises(DatasetError, match="url: unreadable"):
+        parse_index("{nope", "url", strict=False)
+    with pytest.raises(DatasetError, match="index.json: unreadable"):
+        read_index(tmp_path / "none", strict=False)
 
 
 def _encode(i: int) -> tuple[str, dict[str, bytes]]:
