@@ -1,6 +1,6 @@
 """A tiny VLM4D-format benchmark on synthetic videos, for tests and demos without the real data.
 
-Each video (PyAV, MPEG-4 part 2: in every FFmpeg build) shows one coloured shape moving left, right, up or down
+Each video (datamodules/video.py write_video) shows one coloured shape moving left, right, up or down
 across a plain background. Questions mirror the released files (ShijieZhou-UCLA/VLM4D, data/*.json): "What
 direction is the red circle moving?" with the directions as choices, and false-positive questions about a shape
 that is not in the video ("What direction is the blue square moving?", answer "no blue square there"), so both
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from datamodules.benchmarks.questions import HF_PATH_MARK, VLM4D_EXO_MAX_ID
+from datamodules.video import write_video
 
 VIDEO_URL = "https://huggingface.co/datasets/shijiezhou/VLM4D/" + HF_PATH_MARK
 DIRECTIONS = ("left", "right", "up", "down")
@@ -57,23 +58,6 @@ def moving_shape_frames(shape: str, color: tuple[int, int, int], direction: str,
     return video
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    """MPEG-4 (yuv420p, near-lossless quantiser) .mp4 of uint8 [T, H, W, 3] frames; H and W must be even."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.qmin, stream.codec_context.qmax = 1, 2  # colours survive on tiny frames
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def _choices(texts: list[str], rng: random.Random) -> dict[str, str]:
     shuffled = list(texts)
     rng.shuffle(shuffled)
@@ -104,7 +88,7 @@ def write_synthetic_vlm4d(out: Path, *, videos: int = 12, frames: int = 8, size:
         color, shape = objects[rng.randrange(len(objects))]
         direction = DIRECTIONS[index % len(DIRECTIONS)]  # every direction equally often
         relative = f"videos_synthetic/synthetic_{index:03d}.mp4"
-        write_video(root / relative, moving_shape_frames(shape, COLORS[color], direction, frames, size))
+        write_video(root / relative, moving_shape_frames(shape, COLORS[color], direction, frames, size), FPS)
         written.append(relative)
         asked = f"What direction is the {color} {shape} moving?"
         synthetic.append(_entry(len(synthetic) + 1, relative, asked, _choices(list(DIRECTIONS), rng), direction))
