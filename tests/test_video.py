@@ -1,12 +1,16 @@
-"""datamodules/video.py: decoding PyAV-written clips, the mp4 writer, resize/crop, optical flow and intensity levels."""
+"""datamodules/video.py: decoding PyAV-written clips, the mp4 writer, resize/crop, optical flow and intensity levels;
+and the synthetic shapes they are drawn with (datamodules/synthetic_shapes.py)."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from datamodules.synthetic_shapes import BACKGROUNDS, COLORS, moving_shape_clip, paint_shape
 from datamodules.video import (MOTION_LEVELS, VideoDecodeError, decode_frames, frame_count, mean_flow, motion_level,
                                motion_quantiles, open_video, resize_crop, write_video)
 
@@ -108,3 +112,32 @@ def test_motion_level_edges():
         motion_level(1.0, [1.0, 3.0, 2.0, 4.0])
     with pytest.raises(ValueError, match="NaN"):
         motion_level(float("nan"), qs)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic shapes
+def test_moving_shape_clip_draws_the_palette_along_its_boxes():
+    clip, boxes = moving_shape_clip(shape="square", color="green", background="navy", direction="down",
+                                    start=(10.0, 8.0), speed=2.5, radius=3.0, frames=4, size=24)
+    assert clip.shape == (4, 24, 24, 3) and clip.dtype == np.uint8
+    assert boxes == [[7.0, 5.0 + 2.5 * t, 13.0, 11.0 + 2.5 * t] for t in range(4)]
+    for frame, (x0, y0, x1, y1) in zip(clip, boxes):
+        assert tuple(frame[int((y0 + y1) / 2), int((x0 + x1) / 2)]) == COLORS["green"]
+        assert tuple(frame[0, 0]) == BACKGROUNDS["navy"]
+    with pytest.raises(ValueError, match="unknown shape 'star'"):
+        paint_shape(None, "star", 1.0, 1.0, 1.0, 0)
+
+
+def test_benchmark_videos_use_the_shard_palette(tmp_path):
+    from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
+
+    written = write_synthetic_vlm4d(tmp_path, videos=8, frames=4, size=32, seed=3, real=False)
+    questions = json.loads(Path(written["questions"]["synthetic"]).read_text())
+    color_of = {q["video"].rsplit("/", 1)[-1]: q["question"].split()[4] for q in questions
+                if q["answer"] in ("left", "right", "up", "down")}  # "What direction is the red circle moving?"
+    # green and yellow are where the benchmark's own palette differed (by 30 and 20 in RGB): they must be drawn here
+    assert {"green", "yellow"} <= set(color_of.values())
+    for video in written["videos"]:
+        frames, count = decode_frames(tmp_path / "videos" / video)
+        assert count == 4
+        color = COLORS[color_of[video.rsplit("/", 1)[-1]]]
+        assert (np.abs(frames[1].astype(int) - color).sum(-1) <= 12).sum() >= 8  # a triangle of radius 4: ~16
