@@ -1,7 +1,8 @@
 """Where a dataset's shards are and how many samples each holds: the input to every epoch plan.
 
 A source is one of
-- a directory with `index.json` (written by launch/make_shards.py): shard sizes and sha256 are checked at start-up;
+- a directory with `index.json` (written by datamodules/writers, e.g. through launch/make_shards.py): shard sizes
+  and sha256 are checked at start-up;
 - local tar files, as a brace pattern (`/data/train-{000000..000099}.tar`) or a list: their headers are scanned once
   (no member data is read) to find each sample's offset, so shards written by plain `tar` read the same way;
 - any URL webdataset opens (`pipe:...`, `http://...`, `s3://...` through pipe:): read as a stream, which needs an
