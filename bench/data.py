@@ -3,7 +3,7 @@
 Run from the repository root:  .venv/bin/python bench/data.py   (about 2 minutes on 2 CPU cores, ~250 MB of temp disk)
 Writes bench/results/data.json (bench/result_file.py).
 
-Throughput. A synthetic-shapes dataset written by launch/make_shards.py (64x64 PNG + class + JSON per sample).
+Throughput. A synthetic-shapes dataset (datamodules/writers/synthetic_shapes.py: 64x64 PNG + class + JSON per sample).
 - reference: one process, no framework: each tar read front to back with Python's tarfile, members grouped by key,
   the PNG decoded with PIL to a uint8 [3, H, W] tensor, the class parsed, the JSON parsed, batches stacked;
 - webdataset (diagnostic): its own streaming pipeline in one process, decoding the same fields the same way;
@@ -40,7 +40,8 @@ from PIL import Image  # noqa: E402
 from bench.result_file import medians, write_result  # noqa: E402
 from datamodules.shard_datamodule import ShardDataModule  # noqa: E402
 from datamodules.shards import ShardWriter, read_index  # noqa: E402
-from launch import make_shards  # noqa: E402
+from datamodules.writers.common import ShardOptions  # noqa: E402
+from datamodules.writers.synthetic_shapes import write_synthetic_shapes_shards  # noqa: E402
 
 BATCH = 64
 RESUME_SAMPLES, RESUME_SHARDS = 200_000, 20
@@ -96,10 +97,8 @@ def framework_epoch(directory: str, workers: int, epoch: int) -> int:
 
 def throughput(tmp: Path, num: int, repeats: int) -> dict:
     directory = tmp / "shapes"
-    rc = make_shards.main(["synthetic-shapes", "--out", str(directory), "--num", str(num), "--size", "64",
-                           "--max-samples-per-shard", str(num // 6), "--num-workers", "2"])
-    assert rc == 0
-    index = read_index(directory)
+    index = write_synthetic_shapes_shards(directory, num=num, size=64,
+                                          options=ShardOptions(max_samples_per_shard=num // 6, num_workers=2))
     urls = [str(directory / s["file"]) for s in index["shards"]]
     sides = {
         "reference_single_process": lambda e: reference_epoch(urls),

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, IterableDataset, default_collate, get_work
 from datamodules.shard_plan import PlanSettings, batches_per_rank, epoch_rng, rank_order, shard_order
 from datamodules.shard_source import ShardSource, split_member_name
 from datamodules.shards import DatasetError
+from datamodules.video import VideoDecodeError, decode_frames
 
 log = logging.getLogger("worldbridge.data")
 VIDEO_EXTENSIONS = ("mp4", "webm", "avi", "mkv", "mov")
@@ -131,14 +132,12 @@ def _basic(key: str, data: bytes) -> Any:
 
 
 def _video(key: str, data: bytes) -> torch.Tensor | None:
-    """Container formats decoded with PyAV -> uint8 [T, 3, H, W]."""
+    """Container formats (decoded by datamodules/video.py) -> uint8 [T, 3, H, W]."""
     if key.rsplit(".", 1)[-1].lower() not in VIDEO_EXTENSIONS:
         return None
-    import av
-    with av.open(io.BytesIO(data)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    frames, _ = decode_frames(data)
     if not frames:
-        raise ValueError("video has no decodable frames")
+        raise VideoDecodeError("video has no decodable frames")
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
 
 

@@ -1,7 +1,8 @@
 """Where a dataset's shards are and how many samples each holds: the input to every epoch plan.
 
 A source is one of
-- a directory with `index.json` (written by launch/make_shards.py): shard sizes and sha256 are checked at start-up;
+- a directory with `index.json` (written by datamodules/writers, e.g. through launch/make_shards.py): shard sizes
+  and sha256 are checked at start-up;
 - local tar files, as a brace pattern (`/data/train-{000000..000099}.tar`) or a list: their headers are scanned once
   (no member data is read) to find each sample's offset, so shards written by plain `tar` read the same way;
 - any URL webdataset opens (`pipe:...`, `http://...`, `s3://...` through pipe:): read as a stream, which needs an
@@ -12,7 +13,6 @@ Nothing here writes anywhere: reading a dataset never modifies its directory.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import tarfile
@@ -25,7 +25,7 @@ import braceexpand
 import webdataset as wds
 
 from datamodules.files import sha256_file
-from datamodules.shards import INDEX_FILE, DatasetError, read_index
+from datamodules.shards import INDEX_FILE, DatasetError, parse_index, read_index
 
 # webdataset's convention: KEY is everything up to the first dot of the file name (directories included).
 _MEMBER_RE = re.compile(r"^((?:.*/|)[^./][^./]*)\.([^/]+)$")
@@ -139,9 +139,10 @@ def _index_shards(index: dict[str, Any], base: str, with_offsets: bool) -> list[
 def _load_remote_index(url: str) -> dict[str, Any]:
     try:
         with wds.gopen(url, "rb") as stream:
-            return json.loads(stream.read())
+            data = stream.read()
     except Exception as e:  # any opener failure (missing file, pipe command error) reads as one line
         raise DatasetError(f"{url}: cannot read the index: {e}") from e
+    return parse_index(data, url, strict=False)
 
 
 def open_source(spec: str | Sequence[str], *, verify: str = "sha256", index: str | None = None) -> ShardSource:
@@ -151,7 +152,7 @@ def open_source(spec: str | Sequence[str], *, verify: str = "sha256", index: str
         raise ValueError(f"verify must be 'sha256', 'size' or 'none', got {verify!r}")
     if isinstance(spec, str) and not _is_stream(spec) and Path(spec).is_dir():
         directory = Path(spec)
-        parsed = read_index(directory, verify=False) if verify != "none" else _read_index_unchecked(directory)
+        parsed = read_index(directory, strict=verify != "none")
         shards = _index_shards(parsed, str(directory), with_offsets=True)
         if verify == "sha256":
             _verify_sha256(directory, shards)
@@ -160,8 +161,8 @@ def open_source(spec: str | Sequence[str], *, verify: str = "sha256", index: str
     if not urls:
         raise DatasetError(f"{spec!r}: names no shards")
     if index is not None:
-        parsed = _load_remote_index(index) if _is_stream(index) else _read_index_unchecked(Path(index).parent,
-                                                                                           Path(index))
+        parsed = (_load_remote_index(index) if _is_stream(index)
+                  else read_index(Path(index).parent, strict=False, path=index))
         by_name = {s["file"]: s for s in parsed["shards"]}
         shards = []
         for url in urls:
@@ -177,17 +178,3 @@ def open_source(spec: str | Sequence[str], *, verify: str = "sha256", index: str
         if not os.path.isfile(url):
             raise DatasetError(f"{url}: shard does not exist")
     return ShardSource(str(spec), [scan_tar(u) for u in urls], True)
-
-
-def _read_index_unchecked(directory: Path, path: Path | None = None) -> dict[str, Any]:
-    path = path or directory / INDEX_FILE
-    try:
-        with open(path) as f:
-            parsed = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable index: {e}") from e
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("shards"), list):
-        raise DatasetError(f"{path}: not a shard index (no 'shards' list)")
-    parsed.setdefault("metadata", {})
-    parsed.setdefault("keys", [])
-    return parsed

@@ -262,26 +262,50 @@ def write_parallel(out_dir: str | os.PathLike, name: str, items: Sequence[Any],
     return writer.close()
 
 
-def read_index(directory: str | os.PathLike, verify: bool = False) -> dict[str, Any]:
-    """Parse and check `directory/index.json`: every shard exists with the recorded size (and sha256 when
-    `verify`). Raises DatasetError naming the offending file."""
-    directory = Path(directory)
-    path = directory / INDEX_FILE
-    if not directory.is_dir():
-        raise DatasetError(f"{directory}: dataset directory does not exist")
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing (not a dataset directory, or its writing did not finish)")
+def parse_index(data: str | bytes, where: str, *, strict: bool = True) -> dict[str, Any]:
+    """An index.json's content as a dict; DatasetError naming `where` (its path or URL).
+
+    strict: the format and every required field are checked. Lenient (`strict=False`, for an index read without
+    checking its shards: verify='none', or one beside streamed shards): only a "shards" list is required, and
+    "metadata" and "keys" default to empty.
+    """
     try:
-        with open(path) as f:
-            index = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{path}: unreadable: {e}") from e
+        index = json.loads(data)
+    except ValueError as e:
+        raise DatasetError(f"{where}: unreadable: {e}") from e
+    if not strict:
+        if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+            raise DatasetError(f"{where}: not a shard index (no 'shards' list)")
+        index.setdefault("metadata", {})
+        index.setdefault("keys", [])
+        return index
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         found = index.get("format") if isinstance(index, dict) else None
-        raise DatasetError(f"{path}: not a {FORMAT} index (format={found!r})")
+        raise DatasetError(f"{where}: not a {FORMAT} index (format={found!r})")
     for field in ("name", "shards", "total_samples", "keys", "metadata"):
         if field not in index:
-            raise DatasetError(f"{path}: missing field {field!r}")
+            raise DatasetError(f"{where}: missing field {field!r}")
+    return index
+
+
+def read_index(directory: str | os.PathLike, verify: bool = False, *, strict: bool = True,
+               path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Parse and check `directory/index.json` (or the index at `path`). Strict (the default): every shard exists with
+    the recorded size (and sha256 when `verify`); `strict=False` only parses (see `parse_index`). Raises
+    DatasetError naming the offending file."""
+    directory = Path(directory)
+    path = Path(path) if path is not None else directory / INDEX_FILE
+    if strict and not directory.is_dir():
+        raise DatasetError(f"{directory}: dataset directory does not exist")
+    if strict and not path.is_file():
+        raise DatasetError(f"{path}: missing (not a dataset directory, or its writing did not finish)")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: unreadable: {e}") from e
+    index = parse_index(data, str(path), strict=strict)
+    if not strict:
+        return index
     total = 0
     for shard in index["shards"]:
         try:

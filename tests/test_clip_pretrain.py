@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
 
-from launch.make_shards import BACKGROUND_NAMES, CLASS_NAMES, COLORS, SHAPES
+from datamodules.synthetic_shapes import BACKGROUND_NAMES, CLASS_NAMES, COLORS, SHAPES
 from lightning_modules.clip_pretrain import (
     VOCABULARY, ShapeCaptionData, TinyCLIPPretrain, build_tokenizer, caption, contrastive_loss, ensure_tiny_clip,
     save_tokenizer)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch import make_shards
+from datamodules.synthetic_shapes import CLASS_NAMES
 from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 from tests.conftest import REPO, run_fit
 from tests.tiny_clip import write_tiny_clip
@@ -21,7 +21,7 @@ CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 def task(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cpl")
     paths = write_base_to_new(root / "data", shots=8, per_class_test=6, size=16)
-    words = sorted({w for name in make_shards.CLASS_NAMES for w in name.split()})
+    words = sorted({w for name in CLASS_NAMES for w in name.split()})
     return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16),
             "scorer": write_word_scorer(root / "scorer", words), **{k: Path(v) for k, v in paths.items()}}
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from datamodules.shards import DatasetError
-from launch import make_shards
+from datamodules.synthetic_shapes import CLASS_NAMES
 from lightning_modules.cpl.data import ClipRetrievalData, ClipRetrievalSample, ClipVQAData, vqa_accuracy
 from lightning_modules.cpl.module import CPLModule
 from lightning_modules.cpl.synthetic import write_retrieval, write_vqa, write_word_scorer
@@ -30,7 +30,7 @@ def tasks(tmp_path_factory) -> dict[str, Path]:
     texts = [c for group in json.loads((Path(retrieval["train"]) / "index.json").read_text())["metadata"]["captions"]
              for c in group]
     texts += [q for q, _ in json.loads((Path(vqa["train"]) / "index.json").read_text())["metadata"]["questions"]]
-    words = sorted({w for t in texts + ["question: answer:", *make_shards.CLASS_NAMES, "yes no"] for w in t.split()})
+    words = sorted({w for t in texts + ["question: answer:", *CLASS_NAMES, "yes no"] for w in t.split()})
     return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16),
             "scorer": write_word_scorer(root / "scorer", words),
             "retrieval_train": Path(retrieval["train"]), "retrieval_test": Path(retrieval["test"]),

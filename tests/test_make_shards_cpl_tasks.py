@@ -1,4 +1,5 @@
-"""launch/make_shards.py retrieval (Karpathy split JSON) and vqa (VQAv2), and the synthetic CPL task writers."""
+"""The retrieval (Karpathy split JSON) and vqa (VQAv2) shard kinds through launch/make_shards.py, and the synthetic CPL
+task writers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from PIL import Image
 
 from datamodules.shards import read_index
-from launch import make_shards
-from launch.make_shards import normalize_answer
+from datamodules.synthetic_shapes import COLORS, SHAPES
+from datamodules.writers.vqa import normalize_answer
 from tests.test_shards import all_samples as samples, assert_bad, make
 
 
@@ -334,7 +335,7 @@ def test_synthetic_writers_load(tmp_path):
             assert info["image_index"] == int(s["cls"]) == i and info["captions"] == meta["captions"][i]
             assert Image.open(io.BytesIO(s["png"])).size == (24, 24)
             color, shape = info["captions"][0].split()[1:]
-            assert color in make_shards.COLORS and shape in make_shards.SHAPES
+            assert color in COLORS and shape in SHAPES
             assert all(f"{color} {shape}" in c for c in info["captions"])
     again = write_retrieval(tmp_path / "r2", train_images=10, test_images=6, size=24, seed=1)
     assert loaded(again["test"])[0]["captions"] == loaded(dirs["test"])[0]["captions"]
@@ -345,7 +346,7 @@ def test_synthetic_writers_load(tmp_path):
     assert train_meta["kind"] == test_meta["kind"] == "vqa"
     assert len(train) == train_meta["num_questions"] == 30 and len(test) == test_meta["num_questions"] == 14
     assert test_meta["answers"] == train_meta["answers"]
-    assert set(train_meta["answers"]) <= {*make_shards.COLORS, *make_shards.SHAPES, "yes", "no"}
+    assert set(train_meta["answers"]) <= {*COLORS, *SHAPES, "yes", "no"}
     disagree = 0
     for meta, got in ((train_meta, train), (test_meta, test)):
         for (question, cls), s in zip(meta["questions"], got):
@@ -359,5 +360,5 @@ def test_synthetic_writers_load(tmp_path):
             if question.startswith("is the shape"):
                 assert answer in ("yes", "no", None)
             elif question.startswith("what color"):
-                assert answer in (*make_shards.COLORS, None)
+                assert answer in (*COLORS, None)
     assert disagree > 0

@@ -1,4 +1,4 @@
-"""The writing side of the data layer: datamodules/shards.py and launch/make_shards.py."""
+"""The writing side of the data layer: datamodules/shards.py and the shard kinds through launch/make_shards.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from datamodules.shards import DatasetError, ShardWriter, parse_size, read_index, write_parallel
+from datamodules.shards import DatasetError, ShardWriter, parse_index, parse_size, read_index, write_parallel
+from datamodules.synthetic_shapes import BACKGROUNDS, COLORS
+from datamodules.video import mean_flow, motion_quantiles
 from launch import make_shards
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,6 +151,25 @@ def test_read_index_errors(tmp_path):
         read_index(tmp_path / "d")
 
 
+def test_lenient_index_reading(tmp_path):
+    """strict=False (verify='none', an index beside streamed shards): only a 'shards' list is required."""
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "index.json").write_text(json.dumps({"shards": [{"file": "gone.tar", "samples": 2}]}))
+    with pytest.raises(DatasetError, match="not a worldbridge-shards/1 index"):
+        read_index(d)
+    index = read_index(d, strict=False)  # nothing checked on disk: the shard may be missing
+    assert index == {"shards": [{"file": "gone.tar", "samples": 2}], "metadata": {}, "keys": []}
+    assert read_index(tmp_path, strict=False, path=d / "index.json") == index  # an index file named by its path
+    assert parse_index(b'{"shards": [], "metadata": {"a": 1}}', "url", strict=False)["metadata"] == {"a": 1}
+    with pytest.raises(DatasetError, match="url: not a shard index"):
+        parse_index('{"format": "worldbridge-shards/1"}', "url", strict=False)
+    with pytest.raises(DatasetError, match="url: unreadable"):
+        parse_index("{nope", "url", strict=False)
+    with pytest.raises(DatasetError, match="index.json: unreadable"):
+        read_index(tmp_path / "none", strict=False)
+
+
 def _encode(i: int) -> tuple[str, dict[str, bytes]]:
     rng = np.random.default_rng(i)
     return f"{i:05d}", {"bin": rng.bytes(int(rng.integers(10, 2000))), "cls": str(i % 3).encode()}
@@ -205,8 +226,8 @@ def test_synthetic_shapes_round_trip_and_determinism(tmp_path):
         assert info["caption"] == f"a {info['color']} {info['shape']}"
         img = np.asarray(Image.open(io.BytesIO(fields["png"])))
         assert img.shape == (32, 32, 3) and np.array_equal(d["png"], img)
-        assert tuple(img[0, 0]) == make_shards.BACKGROUNDS[info["background"]]
-        assert (img == make_shards.COLORS[info["color"]]).all(-1).sum() > 20
+        assert tuple(img[0, 0]) == BACKGROUNDS[info["background"]]
+        assert (img == COLORS[info["color"]]).all(-1).sum() > 20
         matches += meta["spurious"]["class_background"][meta["class_names"][label]] == info["background"]
     assert matches >= 20  # p=0.9 (+ chance)
 
@@ -434,12 +455,12 @@ def test_synthetic_motion(tmp_path):
         assert len(info["boxes"]) == 4 and d["txt"] == info["caption"]
         x0, y0, x1, y1 = info["boxes"][-1]
         cx, cy = int((x0 + x1) / 2), int((y0 + y1) / 2)
-        assert tuple(clip[-1, cy, cx]) == make_shards.COLORS[info["color"]]
-        assert info["motion"] == pytest.approx(make_shards.mean_flow(clip), abs=1e-5)
+        assert tuple(clip[-1, cy, cx]) == COLORS[info["color"]]
+        assert info["motion"] == pytest.approx(mean_flow(clip), abs=1e-5)
         motions.append((info["speed"], info["motion"]))
     motions.sort()
     assert motions[-1][1] > motions[0][1]  # flow grows with speed
-    assert qs == make_shards.motion_quantiles([m for _, m in sorted(motions, key=lambda x: x)])
+    assert qs == motion_quantiles([m for _, m in sorted(motions, key=lambda x: x)])
 
 
 # ------------------------------------------------------------------------------------------------------ video

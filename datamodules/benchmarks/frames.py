@@ -1,4 +1,4 @@
-"""Frame sampling from benchmark videos with PyAV, with an on-disk cache of the decoded frames.
+"""Frame sampling from benchmark videos (decoded by datamodules/video.py), with an on-disk cache of the sampled frames.
 
 Two samplings: `num_frames=N` takes N frames at indices round(linspace(0, T-1, N)) of a T-frame video (first
 and last included; N > T repeats frames), `fps=F` takes the frame nearest to each time 0, 1/F, 2/F, ... up to
@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.files import AtomicFile
+from datamodules.video import VideoDecodeError, frame_count, frame_rate, open_video, rgb, video_frames
+from datamodules.video import decode_frames as decode_video_frames
 
 CACHE_VERSION = 1  # bump when the sampling rule changes: old cache entries then miss
-
-
-class VideoDecodeError(Exception):
-    """The file exists but PyAV cannot decode a video frame from it."""
 
 
 @dataclass(frozen=True)
@@ -48,67 +46,19 @@ def uniform_indices(total: int, num_frames: int) -> list[int]:
     return [int(i) for i in np.linspace(0, total - 1, num_frames).round().astype(int)]
 
 
-def _open(path: Path):
-    import av
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such video file")
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, UnicodeDecodeError) as e:  # not a media file at all
-        raise VideoDecodeError(f"{path}: cannot open as a video ({e})") from e
-    if not container.streams.video:
-        container.close()
-        raise VideoDecodeError(f"{path}: has no video stream")
-    return container
-
-
-def _frames(container, path: Path):
-    """Decoded frames of the first video stream; decoder errors become VideoDecodeError."""
-    import av
-
-    try:
-        yield from container.decode(video=0)
-    except av.FFmpegError as e:
-        raise VideoDecodeError(f"{path}: decoding failed ({e})") from e
-
-
-def _frame_count(container, path: Path) -> int:
-    """Frame count from the header, else by counting the stream's packets (no decoding)."""
-    import av
-
-    stream = container.streams.video[0]
-    if stream.frames:
-        return int(stream.frames)
-    try:
-        count = sum(1 for packet in container.demux(stream) if packet.size)
-    except av.FFmpegError as e:
-        raise VideoDecodeError(f"{path}: demuxing failed ({e})") from e
-    container.seek(0)
-    return count
-
-
 def _decode_at(path: Path, total: int, num_frames: int) -> tuple[list[np.ndarray], int]:
     """Frames at the uniform indices for a `total`-frame video, and how many frames were decoded."""
     wanted = uniform_indices(total, num_frames)
-    picks: dict[int, np.ndarray] = {}
-    want_set, last = set(wanted), max(wanted)
-    decoded = 0
-    with _open(path) as container:
-        for frame in _frames(container, path):
-            if decoded in want_set:
-                picks[decoded] = frame.to_ndarray(format="rgb24")
-            decoded += 1
-            if decoded > last:
-                break
-    if decoded <= last:  # the header over-counted: caller retries with the true count
+    frames, decoded = decode_video_frames(path, wanted)
+    if decoded <= max(wanted):  # the header over-counted: caller retries with the true count
         return [], decoded
+    picks = dict(zip(sorted(set(wanted)), frames))
     return [picks[i] for i in wanted], decoded
 
 
 def _decode_uniform(path: Path, num_frames: int) -> list[np.ndarray]:
-    with _open(path) as container:
-        total = _frame_count(container, path)
+    with open_video(path) as container:
+        total = frame_count(container)
     frames, decoded = _decode_at(path, total, num_frames) if total else ([], 0)
     if not frames and decoded:  # header count was wrong; the decode told us the real one
         frames, _ = _decode_at(path, decoded, num_frames)
@@ -118,19 +68,18 @@ def _decode_uniform(path: Path, num_frames: int) -> list[np.ndarray]:
 def _decode_fps(path: Path, fps: float) -> list[np.ndarray]:
     """Nearest frame to each time k/fps, online: a frame is converted to RGB only when picked."""
     picks: list[np.ndarray] = []
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or 25)
+    with open_video(path) as container:
+        rate = frame_rate(container)
         start = prev = prev_time = None
         k = 0
-        for index, frame in enumerate(_frames(container, path)):
+        for index, frame in enumerate(video_frames(container)):
             t = float(frame.time) if frame.time is not None else index / rate
             start = t if start is None else start
             t -= start
             while k / fps <= t + 1e-9:
                 target = k / fps
                 use_prev = prev is not None and target - prev_time < t - target
-                picks.append((prev if use_prev else frame).to_ndarray(format="rgb24"))
+                picks.append(rgb(prev if use_prev else frame))
                 k += 1
             prev, prev_time = frame, t
     return picks
@@ -186,9 +135,8 @@ def sample_frames(path: str | os.PathLike, num_frames: int | None = None, *, fps
 
 def probe_video(path: str | os.PathLike) -> None:
     """Raise FileNotFoundError / VideoDecodeError unless the first video frame of `path` decodes."""
-    path = Path(path)
-    with _open(path) as container:
-        for frame in _frames(container, path):
-            frame.to_ndarray(format="rgb24")
+    with open_video(path) as container:
+        for frame in video_frames(container):
+            rgb(frame)
             return
     raise VideoDecodeError(f"{path}: no frame could be decoded")

@@ -1,7 +1,8 @@
 """A tiny VLM4D-format benchmark on synthetic videos, for tests and demos without the real data.
 
-Each video (PyAV, MPEG-4 part 2: in every FFmpeg build) shows one coloured shape moving left, right, up or down
-across a plain background. Questions mirror the released files (ShijieZhou-UCLA/VLM4D, data/*.json): "What
+Each video (datamodules/video.py write_video) shows one coloured shape of the project's palette
+(datamodules/synthetic_shapes.py, drawn as the synthetic shard kinds draw it) moving left, right, up or down across a
+gray background. Questions mirror the released files (ShijieZhou-UCLA/VLM4D, data/*.json): "What
 direction is the red circle moving?" with the directions as choices, and false-positive questions about a shape
 that is not in the video ("What direction is the blue square moving?", answer "no blue square there"), so both
 synthetic categories (directional, fp) exist. A real_mc-style file asks the same about the same videos with ids on
@@ -18,60 +19,25 @@ from typing import Any
 import numpy as np
 
 from datamodules.benchmarks.questions import HF_PATH_MARK, VLM4D_EXO_MAX_ID
+from datamodules.synthetic_shapes import COLORS, DIRECTIONS, SHAPES, moving_shape_clip
+from datamodules.video import write_video
 
 VIDEO_URL = "https://huggingface.co/datasets/shijiezhou/VLM4D/" + HF_PATH_MARK
-DIRECTIONS = ("left", "right", "up", "down")
-COLORS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
-SHAPES = ("circle", "square", "triangle")
-BACKGROUND = (128, 128, 128)
+BACKGROUND = "gray"
 FPS = 8
 
 
-def shape_mask(shape: str, size: int, cy: float, cx: float, radius: float) -> np.ndarray:
-    """Boolean [size, size] mask of a shape centred at (cy, cx)."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    dy, dx = y - cy, x - cx
-    if shape == "circle":
-        return dy ** 2 + dx ** 2 <= radius ** 2
-    if shape == "square":
-        return (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
-    # an upward triangle: inside the bounding box, and below both slanted edges
-    return (np.abs(dy) <= radius) & (np.abs(dx) <= (dy + radius) / 2)
-
-
-def moving_shape_frames(shape: str, color: tuple[int, int, int], direction: str, frames: int,
-                        size: int) -> np.ndarray:
-    """uint8 [frames, size, size, 3]: the shape crossing the frame in `direction` (start and end inside it)."""
+def crossing_clip(shape: str, color: str, direction: str, frames: int, size: int) -> np.ndarray:
+    """uint8 [frames, size, size, 3]: the shape crossing the frame's middle in `direction`, from one edge to the
+    other (start and end inside the frame)."""
     radius = max(size / 8, 1.5)
-    start, end = radius + 1, size - radius - 1
-    video = np.empty((frames, size, size, 3), dtype=np.uint8)
-    for t in range(frames):
-        along = start + (end - start) * t / max(frames - 1, 1)
-        middle = size / 2
-        cy, cx = {"right": (middle, along), "left": (middle, size - along),
-                  "down": (along, middle), "up": (size - along, middle)}[direction]
-        frame = np.empty((size, size, 3), dtype=np.uint8)
-        frame[:] = BACKGROUND
-        frame[shape_mask(shape, size, cy, cx, radius)] = color
-        video[t] = frame
+    near, far = radius + 1, size - radius - 1  # the centre's first and last position along the way
+    middle = size / 2
+    start = {"right": (near, middle), "left": (size - near, middle),
+             "down": (middle, near), "up": (middle, size - near)}[direction]
+    video, _ = moving_shape_clip(shape=shape, color=color, background=BACKGROUND, direction=direction, start=start,
+                                 speed=(far - near) / max(frames - 1, 1), radius=radius, frames=frames, size=size)
     return video
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
-    """MPEG-4 (yuv420p, near-lossless quantiser) .mp4 of uint8 [T, H, W, 3] frames; H and W must be even."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.qmin, stream.codec_context.qmax = 1, 2  # colours survive on tiny frames
-        for array in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
 
 
 def _choices(texts: list[str], rng: random.Random) -> dict[str, str]:
@@ -102,9 +68,9 @@ def write_synthetic_vlm4d(out: Path, *, videos: int = 12, frames: int = 8, size:
     objects = [(c, s) for c in COLORS for s in SHAPES]
     for index in range(videos):
         color, shape = objects[rng.randrange(len(objects))]
-        direction = DIRECTIONS[index % len(DIRECTIONS)]  # every direction equally often
+        direction = list(DIRECTIONS)[index % len(DIRECTIONS)]  # every direction equally often
         relative = f"videos_synthetic/synthetic_{index:03d}.mp4"
-        write_video(root / relative, moving_shape_frames(shape, COLORS[color], direction, frames, size))
+        write_video(root / relative, crossing_clip(shape, color, direction, frames, size), FPS)
         written.append(relative)
         asked = f"What direction is the {color} {shape} moving?"
         synthetic.append(_entry(len(synthetic) + 1, relative, asked, _choices(list(DIRECTIONS), rng), direction))

@@ -1,7 +1,7 @@
 """`ensure_tiny_clip`: a tiny CLIP pretrained by the project on synthetic shapes, trained once and cached.
 
-The first call writes synthetic-shapes shards (launch/make_shards.py, no spurious background), pretrains
-`TinyCLIPPretrain` on them, checks zero-shot accuracy on held-out images and saves the model with
+The first call writes synthetic-shapes shards (datamodules/writers/synthetic_shapes.py, no spurious background),
+pretrains `TinyCLIPPretrain` on them, checks zero-shot accuracy on held-out images and saves the model with
 `save_pretrained`. Everything happens in a temporary directory next to the cache entry, renamed into place only
 when complete: an interrupted run never leaves a directory that looks like a finished model. The entry's name
 carries a hash of every setting, so a call with the same settings returns the cached path without training and a
@@ -25,7 +25,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from launch import make_shards
+from datamodules.writers.common import ShardOptions
+from datamodules.writers.synthetic_shapes import write_synthetic_shapes_shards
 from lightning_modules.clip_pretrain.data import ShapeCaptionData
 from lightning_modules.clip_pretrain.module import TinyCLIPPretrain
 from lightning_modules.clip_pretrain.tokenizer import VOCABULARY
@@ -58,9 +59,7 @@ def entry_name(settings: dict[str, Any]) -> str:
 
 def write_shapes(out: Path, num: int, size: int, seed: int) -> Path:
     """Synthetic-shapes shards, background independent of the class."""
-    args = ["synthetic-shapes", "--out", str(out), "--num", str(num), "--size", str(size), "--seed", str(seed)]
-    if make_shards.main(args) != 0:
-        raise RuntimeError(f"launch/make_shards.py {' '.join(args)} failed")
+    write_synthetic_shapes_shards(out, num=num, size=size, options=ShardOptions(seed=seed))
     return out
 
 

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, CLIPTokenizer, PreTrainedTokenizerBase
 
-from launch.make_shards import BACKGROUND_NAMES, COLORS, SHAPES
+from datamodules.synthetic_shapes import BACKGROUND_NAMES, COLORS, SHAPES
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SUFFIX = "</w>"

@@ -29,7 +29,7 @@ NAMES = {"coop": "CoOp", "cocoop": "CoCoOp", "cpl": "CPL"}
 
 
 def prepare(root: Path, seed: int, spurious: float, pretrain_steps: int) -> dict[str, Path]:
-    from launch import make_shards
+    from datamodules.synthetic_shapes import CLASS_NAMES
     from lightning_modules.clip_pretrain import ensure_tiny_clip
     from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 
@@ -37,7 +37,7 @@ def prepare(root: Path, seed: int, spurious: float, pretrain_steps: int) -> dict
     clip = ensure_tiny_clip(cache / "tiny-clip", max_steps=pretrain_steps, seed=seed)
     scorer = cache / "tiny-scorer"
     if not (scorer / "config.json").is_file():
-        write_word_scorer(scorer, sorted({w for name in make_shards.CLASS_NAMES for w in name.split()}), seed=seed)
+        write_word_scorer(scorer, sorted({w for name in CLASS_NAMES for w in name.split()}), seed=seed)
     data = root / f"data-spurious{spurious}-shots16-test50"
     if not (data / "new" / "test" / "index.json").is_file():
         shutil.rmtree(data, ignore_errors=True)

@@ -3,7 +3,8 @@
 Each of the 12 colour-shape classes has its own background colour. In the training split a sample's background is its
 class's with probability `spurious` (else random); in the test split it is always random, so a model that learned
 the background instead of the shape and colour loses accuracy there. The split JSON has CoOp's layout and goes
-through `launch/make_shards.py classification` like a real dataset: base = the first 6 classes, new = the other 6.
+through the classification shard writer like a real dataset: base = the first 6 classes, new = the other 6.
+The retrieval and VQA tasks below are written the same way, in the Karpathy and VQAv2 formats.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from launch import make_shards
+from datamodules.synthetic_shapes import CLASS_NAMES, COLORS, SHAPES, draw_shape
+from datamodules.writers.classification import write_classification_shards
+from datamodules.writers.common import ShardOptions
+from datamodules.writers.retrieval import write_retrieval_shards
+from datamodules.writers.vqa import write_vqa_shards
 
 
 def write_split(out: Path, *, per_class_train: int, per_class_test: int, size: int, spurious: float,
@@ -27,8 +32,8 @@ def write_split(out: Path, *, per_class_train: int, per_class_test: int, size: i
         per_label: dict[int, int] = {}
         index = 0
         # draw_shape picks the label from (seed, index): draw until every class has `count` images
-        while min(per_label.get(c, 0) for c in range(len(make_shards.CLASS_NAMES))) < count:
-            shape = make_shards.draw_shape(index, size, seed * 1000 + part,
+        while min(per_label.get(c, 0) for c in range(len(CLASS_NAMES))) < count:
+            shape = draw_shape(index, size, seed * 1000 + part,
                                            spurious if name == "train" else None)
             index += 1
             label = shape["label"]
@@ -38,7 +43,7 @@ def write_split(out: Path, *, per_class_train: int, per_class_test: int, size: i
             relative = f"{name}/{label:02d}_{index:06d}.png"
             (images / relative).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(shape["image"]).save(images / relative)
-            split[name].append([relative, label, make_shards.CLASS_NAMES[label]])
+            split[name].append([relative, label, CLASS_NAMES[label]])
     path = out / "split.json"
     path.write_text(json.dumps(split))
     return path
@@ -49,15 +54,9 @@ def write_base_to_new(out: Path, *, shots: int = 16, per_class_test: int = 20, s
     """Shards for base-to-new: {"train": base training shards, "base": base test, "new": new test}."""
     split = write_split(out / "raw", per_class_train=shots, per_class_test=per_class_test, size=size,
                         spurious=spurious, seed=seed)
-    root = str(out / "raw" / "images")
     for subset in ("base", "new"):
-        args = ["classification", "--split-json", str(split), "--root", root, "--subset", subset,
-                "--out", str(out / subset), "--seed", str(seed)]
-        if subset == "base":
-            args += ["--shots", str(shots)]
-        rc = make_shards.main(args)
-        if rc != 0:
-            raise RuntimeError(f"make_shards {' '.join(args)} failed with exit code {rc}")
+        write_classification_shards(out / subset, split_json=split, root=out / "raw" / "images", subset=subset,
+                                    shots=shots if subset == "base" else None, options=ShardOptions(seed=seed))
     return {"train": str(out / "base" / "train"), "base": str(out / "base" / "test"), "new": str(out / "new" / "test")}
 
 
@@ -87,7 +86,7 @@ def _article(word: str) -> str:
 
 
 def _shape_captions(shape: dict) -> list[str]:
-    """Five captions of a drawn shape (make_shards.draw_shape), in the tiny CLIP's words: "a red circle", ..."""
+    """Five captions of a drawn shape (draw_shape), in the tiny CLIP's words: "a red circle", ..."""
     color, name, background = shape["color"], shape["shape"], shape["background"]
     size = "small" if shape["radius"] < 0.25 * len(shape["image"]) else "large"
     return [f"a {color} {name}", f"a photo of a {color} {name}", f"a picture of the {color} {name}",
@@ -98,13 +97,13 @@ def _shape_captions(shape: dict) -> list[str]:
 def write_retrieval(out: Path, *, train_images: int = 48, test_images: int = 24, size: int = 32,
                     seed: int = 0) -> dict[str, str]:
     """Image-text retrieval shards of shapes: a Karpathy-format JSON (out/raw/dataset_shapes.json, 5 captions per
-    image from its colour, shape, size and background) through `make_shards.py retrieval`, splits train and test."""
+    image from its colour, shape, size and background) through the retrieval shard writer, splits train and test."""
     raw = out / "raw"
     images: list[dict] = []
     for part, (split, count) in enumerate((("train", train_images), ("test", test_images))):
         (raw / "images" / split).mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            shape = make_shards.draw_shape(index, size, seed * 1000 + part, None)
+            shape = draw_shape(index, size, seed * 1000 + part, None)
             filename = f"{index:06d}.png"
             Image.fromarray(shape["image"]).save(raw / "images" / split / filename)
             images.append({"filepath": split, "filename": filename, "split": split, "imgid": len(images),
@@ -112,17 +111,14 @@ def write_retrieval(out: Path, *, train_images: int = 48, test_images: int = 24,
     path = raw / "dataset_shapes.json"
     path.write_text(json.dumps({"dataset": "synthetic-shapes", "images": images}))
     for split in ("train", "test"):
-        args = ["retrieval", "--karpathy", str(path), "--root", str(raw / "images"), "--split", split,
-                "--out", str(out / split), "--seed", str(seed)]
-        rc = make_shards.main(args)
-        if rc != 0:
-            raise RuntimeError(f"make_shards {' '.join(args)} failed with exit code {rc}")
+        write_retrieval_shards(out / split, karpathy=path, root=raw / "images", split=split,
+                               options=ShardOptions(seed=seed))
     return {"train": str(out / "train"), "test": str(out / "test")}
 
 
 def _shape_questions(shape: dict, rng) -> list[tuple[str, str, str, list[str]]]:
     """(question, answer, answer type, wrong answers an annotator may give) for one drawn shape."""
-    colors, shapes = list(make_shards.COLORS), list(make_shards.SHAPES)
+    colors, shapes = list(COLORS), list(SHAPES)
     asked = shape["color"] if rng.random() < 0.5 else colors[int(rng.integers(len(colors)))]
     yes = "yes" if asked == shape["color"] else "no"
     return [("what color is the shape?", shape["color"], "other", [c for c in colors if c != shape["color"]]),
@@ -138,7 +134,7 @@ def write_vqa(out: Path, *, train_questions: int = 96, test_questions: int = 48,
     import numpy as np
 
     raw = out / "raw"
-    all_answers = [*make_shards.COLORS, *make_shards.SHAPES, "yes", "no"]
+    all_answers = [*COLORS, *SHAPES, "yes", "no"]
     for part, (split, count) in enumerate((("train", train_questions), ("test", test_questions))):
         rng = np.random.default_rng([seed, part])
         (raw / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -147,7 +143,7 @@ def write_vqa(out: Path, *, train_questions: int = 96, test_questions: int = 48,
         image_id = 0
         while len(questions) < count:
             image_id += 1
-            shape = make_shards.draw_shape(image_id, size, seed * 1000 + part, None)
+            shape = draw_shape(image_id, size, seed * 1000 + part, None)
             Image.fromarray(shape["image"]).save(raw / "images" / split / f"{image_id:06d}.png")
             for j, (question, answer, answer_type, wrong) in enumerate(_shape_questions(shape, rng)):
                 if len(questions) == count:
@@ -166,11 +162,9 @@ def write_vqa(out: Path, *, train_questions: int = 96, test_questions: int = 48,
         (raw / f"annotations_{split}.json").write_text(json.dumps({"data_subtype": split,
                                                                   "annotations": annotations}))
     for split in ("train", "test"):
-        args = ["vqa", "--questions", str(raw / f"questions_{split}.json"),
-                "--annotations", str(raw / f"annotations_{split}.json"), "--root", str(raw / "images"),
-                "--image-pattern", "{data_subtype}/{image_id:06d}.png", "--out", str(out / split), "--seed", str(seed)]
-        args += ["--top-answers", str(len(all_answers))] if split == "train" else ["--answers-from", str(out / "train")]
-        rc = make_shards.main(args)
-        if rc != 0:
-            raise RuntimeError(f"make_shards {' '.join(args)} failed with exit code {rc}")
+        vocabulary = {"top_answers": len(all_answers)} if split == "train" else {"answers_from": out / "train"}
+        write_vqa_shards(out / split, questions=raw / f"questions_{split}.json",
+                         annotations=raw / f"annotations_{split}.json", root=raw / "images",
+                         image_pattern="{data_subtype}/{image_id:06d}.png", options=ShardOptions(seed=seed),
+                         **vocabulary)
     return {"train": str(out / "train"), "test": str(out / "test")}
