@@ -1,1 +1,3 @@
-"""DataModules: one per data kind, all resumable at the exact sample a checkpoint was taken."""
+"""Data, the lowest layer: the shard format and its writers (writers/), readers and the ShardDataModule every
+method's data builds on, transforms, synthetic data, video decoding, the benchmarks' questions and scoring, and the
+file and error helpers every layer uses (files.py, errors.py)."""
