@@ -25,7 +25,7 @@ from datamodules.benchmarks.subset import stratified_subset, stratum_of, stratum
 from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
 from lightning_modules.cpl.synthetic import write_base_to_new
 from tests.conftest import DEMO_CONFIG, REPO, run_fit
-from tests.tiny_clip import write_tiny_clip
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 CPL_CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 VLM4D_METRICS = ("overall", "real", "real_exo", "real_ego", "synthetic", "synthetic_directional", "synthetic_fp")
@@ -86,7 +86,7 @@ def test_arguments_are_checked():
 def world(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("benchmark-validation")
     bench = write_synthetic_vlm4d(root / "vlm4d", videos=6, frames=6, size=24)
-    return {"root": root, "bench": bench, "clip": write_tiny_clip(root / "clip", image_size=16)}
+    return {"root": root, "bench": bench, "clip": write_random_clip(root / "clip", image_size=16)}
 
 
 class FirstOption:

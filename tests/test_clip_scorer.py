@@ -18,7 +18,7 @@ from lightning_modules.cpl.inference import CPLScorer
 from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
 from datamodules.transforms import CLIP_MEAN, CLIP_STD
 from lightning_modules.cpl.module import CPLModule
-from tests.tiny_clip import write_tiny_clip
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def bench(tmp_path_factory) -> dict:
     for split, path in written["questions"].items():
         questions += load_questions("vlm4d", path, split)
     frames = [sample_frames(resolve_video(q, written["video_root"]), 4) for q in questions]
-    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16), "questions": questions,
+    return {"root": root, "clip": write_random_clip(root / "clip", image_size=16), "questions": questions,
             "frames": frames}
 
 

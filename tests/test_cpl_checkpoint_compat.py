@@ -1,7 +1,8 @@
 """A CPL checkpoint written by an earlier version of the project still loads: for inference, and to resume training.
 
 tests/fixtures/cpl-step9.ckpt was written at commit 7076040 (before the layout of issue 11) by
-`launch/fit.py --config configs/demo/cpl.yaml` with variant cpl, the tiny CLIP of tests/tiny_clip.py (seed 0), the
+`launch/fit.py --config configs/demo/cpl.yaml` with variant cpl, the tiny CLIP of tests/tiny_clip.py (seed 0; now
+lightning_modules/clip_pretrain/random_clip.py), the
 synthetic base-to-new task of `write_base_to_new(shots=8, per_class_test=6, size=16)` and trainer.max_steps=9.
 """
 
@@ -15,7 +16,7 @@ import torch
 from lightning_modules.cpl.inference import load_for_inference
 from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 from tests.conftest import REPO, run_fit
-from tests.tiny_clip import write_tiny_clip
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 FIXTURE = Path(__file__).parent / "fixtures" / "cpl-step9.ckpt"
 WORDS = ["blue", "circle", "green", "red", "square", "triangle", "yellow"]
@@ -25,7 +26,7 @@ WORDS = ["blue", "circle", "green", "red", "square", "triangle", "yellow"]
 def task(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compat")
     paths = write_base_to_new(root / "data", shots=8, per_class_test=6, size=16)
-    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16),
+    return {"root": root, "clip": write_random_clip(root / "clip", image_size=16),
             "scorer": write_word_scorer(root / "scorer", WORDS), **{k: Path(v) for k, v in paths.items()}}
 
 

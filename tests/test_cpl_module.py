@@ -13,14 +13,14 @@ from lightning_modules.frozen_clip import FrozenCLIP
 from lightning_modules.cpl.module import CPLModule
 from lightning_modules.cpl.negatives import top_k_negatives
 from lightning_modules.cpl.prompt_learner import PromptLearner
-from tests.tiny_clip import write_tiny_clip
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 CLASSES = ["red circle", "blue square", "green triangle", "yellow star"]
 
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    return write_tiny_clip(tmp_path_factory.mktemp("clip"))
+    return write_random_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

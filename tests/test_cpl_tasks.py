@@ -17,7 +17,7 @@ from lightning_modules.cpl.data import ClipRetrievalData, ClipRetrievalSample, C
 from lightning_modules.cpl.module import CPLModule
 from lightning_modules.cpl.synthetic import write_retrieval, write_vqa, write_word_scorer
 from tests.conftest import REPO, run_fit
-from tests.tiny_clip import write_tiny_clip
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 DEMO_CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 
@@ -31,7 +31,7 @@ def tasks(tmp_path_factory) -> dict[str, Path]:
              for c in group]
     texts += [q for q, _ in json.loads((Path(vqa["train"]) / "index.json").read_text())["metadata"]["questions"]]
     words = sorted({w for t in texts + ["question: answer:", *CLASS_NAMES, "yes no"] for w in t.split()})
-    return {"root": root, "clip": write_tiny_clip(root / "clip", image_size=16),
+    return {"root": root, "clip": write_random_clip(root / "clip", image_size=16),
             "scorer": write_word_scorer(root / "scorer", words),
             "retrieval_train": Path(retrieval["train"]), "retrieval_test": Path(retrieval["test"]),
             "vqa_train": Path(vqa["train"]), "vqa_test": Path(vqa["test"])}

@@ -143,9 +143,9 @@ def test_run_end_to_end_with_a_tiny_vlm(bench, vlm_b, tmp_path, capsys):
 def test_run_end_to_end_with_a_tiny_clip_scorer(bench, tmp_path):
     from lightning_modules.clip_scorer import ClipScorer
     from datamodules.benchmarks.frames import sample_frames
-    from tests.tiny_clip import write_tiny_clip
+    from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
-    clip = write_tiny_clip(tmp_path / "clip", image_size=16)
+    clip = write_random_clip(tmp_path / "clip", image_size=16)
     out = tmp_path / "out"
     model = {"target": "lightning_modules.clip_scorer.ClipScorer",
              "params": {"pretrained": str(clip), "device": "cpu"}}

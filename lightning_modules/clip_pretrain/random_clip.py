@@ -1,8 +1,11 @@
-"""A tiny CLIP (random weights, config-built) and a word-level CLIP tokenizer, saved locally for tests."""
+"""A tiny CLIP with random weights, built from a config with the project's word-level tokenizer and saved with
+save_pretrained: a stand-in where a test or a tiny config needs a CLIP's interfaces and shapes, not its knowledge
+(ensure_tiny_clip in cache.py trains one that knows the synthetic shapes)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
@@ -12,14 +15,16 @@ WORDS = ("a photo of an the red green blue yellow circle square triangle star sh
          "cat dog car bird plane ship").split()
 
 
-def write_tokenizer(directory: Path, words: list[str] = WORDS) -> CLIPTokenizer:
-    """The project's word-level CLIP tokenizer (lightning_modules/clip_pretrain/tokenizer.py), saved to `directory`."""
+def write_tokenizer(directory: Path, words: Sequence[str] = WORDS) -> CLIPTokenizer:
+    """The word-level CLIP tokenizer over `words` (tokenizer.py), saved to `directory`."""
     tokenizer = build_tokenizer(words)
     save_tokenizer(tokenizer, directory)
     return tokenizer
 
 
-def write_tiny_clip(directory: Path, image_size: int = 16, seed: int = 0) -> Path:
+def write_random_clip(directory: Path, image_size: int = 16, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide CLIP (16-d projection, 8-pixel patches) and its tokenizer in `directory`; the same seed
+    gives the same weights."""
     import torch
 
     tokenizer = write_tokenizer(directory)
@@ -32,4 +37,4 @@ def write_tiny_clip(directory: Path, image_size: int = 16, seed: int = 0) -> Pat
         projection_dim=16)
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(directory)
-    return directory
+    return Path(directory)

@@ -5,6 +5,9 @@ class's with probability `spurious` (else random); in the test split it is alway
 the background instead of the shape and colour loses accuracy there. The split JSON has CoOp's layout and goes
 through the classification shard writer like a real dataset: base = the first 6 classes, new = the other 6.
 The retrieval and VQA tasks below are written the same way, in the Karpathy and VQAv2 formats.
+
+`tiny_inputs` writes what configs/cpl/tiny.yaml needs (the task, a random tiny CLIP, a word-level BERTScore scorer):
+the method contract test (tests/test_method_contract.py) fits CPL with it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from datamodules.writers.classification import write_classification_shards
 from datamodules.writers.common import ShardOptions
 from datamodules.writers.retrieval import write_retrieval_shards
 from datamodules.writers.vqa import write_vqa_shards
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 
 def write_split(out: Path, *, per_class_train: int, per_class_test: int, size: int, spurious: float,
@@ -33,8 +37,7 @@ def write_split(out: Path, *, per_class_train: int, per_class_test: int, size: i
         index = 0
         # draw_shape picks the label from (seed, index): draw until every class has `count` images
         while min(per_label.get(c, 0) for c in range(len(CLASS_NAMES))) < count:
-            shape = draw_shape(index, size, seed * 1000 + part,
-                                           spurious if name == "train" else None)
+            shape = draw_shape(index, size, seed * 1000 + part, spurious if name == "train" else None)
             index += 1
             label = shape["label"]
             if per_label.get(label, 0) >= count:
@@ -58,6 +61,17 @@ def write_base_to_new(out: Path, *, shots: int = 16, per_class_test: int = 20, s
         write_classification_shards(out / subset, split_json=split, root=out / "raw" / "images", subset=subset,
                                     shots=shots if subset == "base" else None, options=ShardOptions(seed=seed))
     return {"train": str(out / "base" / "train"), "base": str(out / "base" / "test"), "new": str(out / "new" / "test")}
+
+
+def tiny_inputs(root: Path) -> list[str]:
+    """Everything configs/cpl/tiny.yaml reads, written under `root`; returns the overrides that point it there."""
+    root = Path(root)
+    data = write_base_to_new(root / "data", shots=8, per_class_test=4, size=16)
+    clip = write_random_clip(root / "clip", image_size=16)
+    scorer = write_word_scorer(root / "scorer", sorted({w for name in CLASS_NAMES for w in name.split()}))
+    return [f"model.params.clip.pretrained={clip}", f"model.params.scorer.model={scorer}",
+            f"model.params.negatives_cache={root / 'negatives'}", f"data.params.train={data['train']}",
+            f"data.params.val.base={data['base']}", f"data.params.val.new={data['new']}"]
 
 
 def write_word_scorer(directory: Path, words: list[str], seed: int = 0, model_max_length: int | None = 64) -> Path:
