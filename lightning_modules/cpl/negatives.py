@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from datamodules.errors import raise_param_problems
 from datamodules.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,16 @@ class ScorerSpec:
     def __post_init__(self) -> None:
         problems = []
         if not isinstance(self.model, str) or not self.model.strip():
-            problems.append(f"model must be a non-empty HF id or local path, got {self.model!r}")
+            problems.append(("model", f"must be a non-empty HF id or local path, got {self.model!r}"))
         if self.num_layers is not None and (isinstance(self.num_layers, bool) or not isinstance(self.num_layers, int)
                                             or self.num_layers < 0):
-            problems.append(f"num_layers must be None or an int >= 0, got {self.num_layers!r}")
+            problems.append(("num_layers", f"must be None or an int >= 0, got {self.num_layers!r}"))
         for name in ("idf", "rescale_with_baseline"):
             if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+                problems.append((name, f"must be true or false, got {getattr(self, name)!r}"))
         if not isinstance(self.lang, str) or not self.lang:
-            problems.append(f"lang must be a language code such as 'en', got {self.lang!r}")
-        if problems:
-            raise ValueError("ScorerSpec: " + "; ".join(problems))
+            problems.append(("lang", f"must be a language code such as 'en', got {self.lang!r}"))
+        raise_param_problems(problems)
 
 
 # -- input checks ------------------------------------------------------------------------------------------------

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from datamodules.errors import ParamError
 import torch.nn.functional as F
 
+from datamodules.errors import ParamError
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 from lightning_modules.cpl import counterfactual as cf
-from lightning_modules.frozen_clip import FrozenCLIP
 from lightning_modules.cpl.module import CPLModule
 from lightning_modules.cpl.negatives import top_k_negatives
 from lightning_modules.cpl.prompt_learner import PromptLearner
-from lightning_modules.clip_pretrain.random_clip import write_random_clip
+from lightning_modules.frozen_clip import FrozenCLIP
 
 CLASSES = ["red circle", "blue square", "green triangle", "yellow star"]
 

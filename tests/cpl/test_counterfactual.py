@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from lightning_modules.cpl.counterfactual import (
-    class_logits, contrastive_loss, counterfactual, pick_negatives, search_mask)
+from lightning_modules.cpl.counterfactual import (class_logits, contrastive_loss, counterfactual, pick_negatives,
+                                                  search_mask)
 from lightning_modules.cpl.negatives import top_k_negatives
 
 

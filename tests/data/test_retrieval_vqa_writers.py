@@ -13,8 +13,8 @@ from PIL import Image
 from datamodules.shards import read_index
 from datamodules.synthetic_shapes import COLORS, SHAPES
 from datamodules.writers.vqa import normalize_answer
-from tests.test_shards import all_samples as samples, assert_bad, make
-
+from tests.data.test_shards import all_samples as samples
+from tests.data.test_shards import assert_bad, make
 
 # --------------------------------------------------------------------------------------------------- retrieval
 # (split, filepath or None): 12 train images, 2 restval between them, 2 val, 2 test

@@ -9,11 +9,11 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from callbacks.preemption import Preemption
+from callbacks.signals import SignalFlag
 from launch.config import load_config
 from launch.csv_logger import ResumableCSVLogger
 from launch.fit import check_config
 from launch.runs import RunDir, RunSettings, checkpoint_step
-from callbacks.signals import SignalFlag
 from launch.trainer import AtomicDeepSpeedStrategy, build_trainer
 from tests.conftest import DEMO_CONFIG
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.slurm_cluster import ClusterUnavailable, cancel_job, ensure_cluster, job_info, job_state, wait_for_job
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "demo" / "regression.yaml"
 SUBMIT = REPO / "launch" / "submit.py"
 
@@ -199,7 +199,10 @@ def test_preempt_requeue_resume(partition, tmp_path, ntasks):
         assert read_status(run_dir).get("state") == "preempted"
         requeued_at = time.monotonic()
 
-        # 3. release it now instead of waiting out the BeginTime
+        # 3. release it now instead of waiting out the BeginTime. Not within the second of the requeue: slurmd revokes
+        # the first run's job credential then, and refuses a start whose credential is as old ("Killing non-startable
+        # batch JobId=N: Job credential revoked", the job ends FAILED).
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - requeued_at)))
         release = subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True,
                                  text=True, timeout=30)
         assert release.returncode == 0, release.stderr

@@ -19,8 +19,7 @@ from datamodules.shards import DatasetError, ShardWriter, parse_index, parse_siz
 from datamodules.synthetic_shapes import BACKGROUNDS, COLORS
 from datamodules.video import mean_flow, motion_quantiles
 from launch import make_shards
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def make(*args: str) -> tuple[int, str]:

@@ -17,15 +17,15 @@ import yaml
 
 from callbacks.benchmark_validation import BenchmarkValidation, summary_metrics
 from datamodules.benchmarks import Question, load_questions, resolve_video, sample_frames
-from datamodules.errors import ParamError
-from launch.config import instantiate
-from lightning_modules.clip_scorer import ClipScorer
-from lightning_modules.cpl.inference import CPLScorer
 from datamodules.benchmarks.subset import stratified_subset, stratum_of, stratum_quotas
 from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
+from datamodules.errors import ParamError
+from launch.config import instantiate
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
+from lightning_modules.clip_scorer import ClipScorer
+from lightning_modules.cpl.inference import CPLScorer
 from lightning_modules.cpl.synthetic import write_base_to_new
 from tests.conftest import DEMO_CONFIG, REPO, run_fit
-from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 CPL_CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 VLM4D_METRICS = ("overall", "real", "real_exo", "real_ego", "synthetic", "synthetic_directional", "synthetic_fp")

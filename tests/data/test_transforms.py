@@ -7,9 +7,9 @@ import torch
 
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.shard_dataset import DecodeSample
-from datamodules.transforms import (
-    center_crop, normalize, random_horizontal_flip, random_resized_crop, resize, resize_shorter, sample_generator)
-from tests.test_shard_loading import keys_of, shapes
+from datamodules.transforms import (center_crop, normalize, random_horizontal_flip, random_resized_crop, resize,
+                                    resize_shorter, sample_generator)
+from tests.data.test_shard_loading import keys_of, shapes
 
 
 def test_resize_keeps_dtype_and_constant_images():

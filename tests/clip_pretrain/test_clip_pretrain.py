@@ -16,10 +16,8 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
 
 from datamodules.synthetic_shapes import BACKGROUND_NAMES, CLASS_NAMES, COLORS, SHAPES
-from lightning_modules.clip_pretrain import (
-    VOCABULARY, ShapeCaptionData, TinyCLIPPretrain, build_tokenizer, caption, contrastive_loss, ensure_tiny_clip,
-    save_tokenizer)
-from lightning_modules.clip_pretrain import cache
+from lightning_modules.clip_pretrain import (VOCABULARY, ShapeCaptionData, TinyCLIPPretrain, build_tokenizer, cache,
+                                             caption, contrastive_loss, ensure_tiny_clip, save_tokenizer)
 from tests.conftest import REPO, run_fit
 
 CONFIG = REPO / "configs" / "demo" / "clip_pretrain.yaml"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.result_file import (MIN_SAMPLES, RESULTS, SCHEMA, check, claims_schema, problems, read_result,
-                               target_met, write_result)
+from bench.result_file import (MIN_SAMPLES, RESULTS, SCHEMA, check, claims_schema, problems, read_result, target_met,
+                               write_result)
 from datamodules.errors import ParamError
 
 # bench/results files that are not performance results, and why (they do not claim the schema)

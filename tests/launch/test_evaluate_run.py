@@ -16,9 +16,9 @@ import torch
 import yaml
 
 from datamodules.benchmarks.questions import BenchmarkFileError, Question, load_vlm4d
-from lightning_modules.responders import (ResponderError, ResponsesFile, TransformersVLM, question_prompt)
-from launch.benchmark_run import RESPONSES, RunInterrupted, read_run_responses, run_benchmark
 from launch import evaluate
+from launch.benchmark_run import RESPONSES, RunInterrupted, read_run_responses, run_benchmark
+from lightning_modules.responders import ResponderError, ResponsesFile, TransformersVLM, question_prompt
 from tests.tiny_vlm import build_tiny_vlm, has_torchvision
 
 torch.set_num_threads(1)
@@ -141,9 +141,9 @@ def test_run_end_to_end_with_a_tiny_vlm(bench, vlm_b, tmp_path, capsys):
 
 
 def test_run_end_to_end_with_a_tiny_clip_scorer(bench, tmp_path):
-    from lightning_modules.clip_scorer import ClipScorer
     from datamodules.benchmarks.frames import sample_frames
     from lightning_modules.clip_pretrain.random_clip import write_random_clip
+    from lightning_modules.clip_scorer import ClipScorer
 
     clip = write_random_clip(tmp_path / "clip", image_size=16)
     out = tmp_path / "out"

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 from lightning_modules.cpl.inference import load_for_inference
 from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 from tests.conftest import REPO, run_fit
-from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
-FIXTURE = Path(__file__).parent / "fixtures" / "cpl-step9.ckpt"
+FIXTURE = REPO / "tests" / "fixtures" / "cpl-step9.ckpt"
 WORDS = ["blue", "circle", "green", "red", "square", "triangle", "yellow"]
 
 

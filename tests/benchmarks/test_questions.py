@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from datamodules.benchmarks import frames
-from datamodules.benchmarks.scoring import score_responses, summarize, summary_markdown
 from datamodules.benchmarks.frames import VideoDecodeError, sample_frames, uniform_indices
 from datamodules.benchmarks.questions import (BenchmarkFileError, check_videos, index_questions, load_mmworld,
                                               load_questions, load_vlm4d, resolve_video)
+from datamodules.benchmarks.scoring import score_responses, summarize, summary_markdown
+from tests.conftest import REPO
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+BENCHMARKS = REPO.parent / "shared" / "benchmarks"
 REAL = BENCHMARKS / "vlm4d" / "real_mc.json"
 SYNTHETIC = BENCHMARKS / "vlm4d" / "synthetic_mc.json"
 MMWORLD_EXAMPLE = BENCHMARKS / "mmworld" / "example.json"

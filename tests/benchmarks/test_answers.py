@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from datamodules.benchmarks.answers import LLMJudge, extract_choice
-from datamodules.benchmarks.scoring import score_responses, summarize
 from datamodules.benchmarks.questions import Question
+from datamodules.benchmarks.scoring import score_responses, summarize
 from launch import evaluate
 
 torch.set_num_threads(1)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from launch import evaluate
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-BENCHMARKS = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
+BENCHMARKS = REPO.parent / "shared" / "benchmarks"
 REAL = BENCHMARKS / "vlm4d" / "real_mc.json"
 SYNTHETIC = BENCHMARKS / "vlm4d" / "synthetic_mc.json"
 MMWORLD_EXAMPLE = BENCHMARKS / "mmworld" / "example.json"

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from datamodules.synthetic_shapes import CLASS_NAMES
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 from tests.conftest import REPO, run_fit
-from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 

@@ -1,8 +1,7 @@
 """Config loading: merging, overrides, and every user mistake reported at once, one line each, exit 2."""
 
-from pathlib import Path
-
 import enum
+from pathlib import Path
 
 import pytest
 import torch
@@ -179,3 +178,48 @@ def test_value_matches(value, annotation, ok):
 def test_usage_error_lines():
     err = UsageError(["a", "b"])
     assert err.lines == ["a", "b"] and str(err) == "a\nb"
+
+
+# -- values an object refuses when it is built ----------------------------------------------------------------------
+def test_a_refused_value_names_its_key_and_who_set_it(tmp_path):
+    config = demo_copy(tmp_path, **{"data.params.num_train": 0})
+    result = run_fit("--config", str(config), "data.params.batch_size=0")
+    lines = assert_usage_error(result, f"{config}: data.params.num_train: must be >= 1, got 0",
+                               "command line: data.params.batch_size: must be >= 1, got 0")
+    assert len(lines) == 2
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_a_refused_value_of_a_nested_object_names_the_nested_key(tmp_path):
+    from launch.config import build
+
+    responder = {"target": "lightning_modules.clip_scorer.ClipScorer", "params": {"pretrained": "", "batch_size": 0}}
+    callback = {"target": "callbacks.benchmark_validation.BenchmarkValidation",
+                "params": {"benchmark": "vlm4d", "questions": {"real": "real_mc.json"}, "video_root": "videos",
+                           "num_questions": 4, "responder": responder}}
+    loaded = load_config(demo_copy(tmp_path, callbacks=[callback]))
+    with pytest.raises(UsageError) as refused:
+        build(loaded, "callbacks.0")
+    key = "callbacks.0.params.responder.params"
+    assert refused.value.lines == [
+        f"{loaded.path.resolve()}: {key}.pretrained: give a CLIP: a Hub id or a local directory with its tokenizer",
+        f"{loaded.path.resolve()}: {key}.batch_size: must be >= 1, got 0"]
+
+
+def test_a_callback_refusing_its_values_stops_fit_with_the_key(tmp_path):
+    callback = {"target": "callbacks.benchmark_validation.BenchmarkValidation",
+                "params": {"benchmark": "vlm4d", "questions": {}, "video_root": "videos", "num_questions": 0}}
+    result = run_fit("--config", str(demo_copy(tmp_path, callbacks=[callback])))
+    assert_usage_error(result, "callbacks.0.params.questions: give at least one split",
+                       "callbacks.0.params.num_questions: must be >= 1, got 0")
+
+
+def test_a_target_that_moved_is_answered_with_its_new_place(tmp_path):
+    config = demo_copy(tmp_path, model={"target": "datamodules.benchmarks.clip_scorer.ClipScorer", "params": {}})
+    result = run_fit("--config", str(config), "--dry-run")
+    assert_usage_error(result, "model.target: cannot import 'datamodules.benchmarks.clip_scorer.ClipScorer'",
+                       "(did you mean lightning_modules.clip_scorer.ClipScorer?)")
+    result = run_fit("--config", str(demo_copy(tmp_path, model={"target": "lightning_modules.nowhere.NoSuchClass"})),
+                     "--dry-run")
+    assert_usage_error(result, "cannot import 'lightning_modules.nowhere.NoSuchClass'")
+    assert "did you mean" not in result.stderr

@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
+from datamodules.errors import ParamError
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.shard_plan import PlanSettings, buffer_shuffle, rank_order
 from datamodules.shard_source import open_source, scan_tar
 from datamodules.shards import DatasetError
 from tests.conftest import REPO, run_fit
-from tests.test_shards import make
+from tests.data.test_shards import make
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
@@ -171,8 +172,10 @@ def test_too_little_data_for_the_ranks(tmp_path):
 
 
 def test_bad_parameters_are_reported_together():
-    with pytest.raises(ValueError, match="batch_size must be >= 1.*max_bad_fraction must be in"):
+    with pytest.raises(ParamError) as refused:
         ShardDataModule(train="x", batch_size=0, max_bad_fraction=2)
+    assert refused.value.problems == [("batch_size", "must be >= 1, got 0"),
+                                      ("max_bad_fraction", "must be in [0, 1], got 2")]
 
 
 # -- plain tar and corrupt data --------------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ def test_ddp_two_ranks_two_workers_preempted_mid_epoch_reads_exactly_the_same_sa
 
 
 def test_motion_clips_and_video_files_decode(tmp_path):
-    from tests.test_shards import _write_video
+    from tests.data.test_shards import _write_video
 
     assert make("synthetic-motion", "--out", str(tmp_path / "m"), "--num", "6", "--size", "16", "--frames", "3")[0] == 0
     batch = next(iter(data(str(tmp_path / "m"), batch_size=6, shuffle=False).train_dataloader()))
@@ -330,7 +333,7 @@ def test_data_errors_in_a_fit_are_one_line_with_exit_code_2(tmp_path):
     assert "data-000002.tar: shard listed in" in result.stderr.strip().splitlines()[-1]
     assert json.loads((tmp_path / "missing" / "status.json").read_text())["state"] == "failed"
     result = run_fit(*common, "run.name=badsize", "data.params.batch_size=0")
-    assert result.returncode == 2 and "data.params: batch_size must be >= 1" in result.stderr
+    assert result.returncode == 2 and "command line: data.params.batch_size: must be >= 1, got 0" in result.stderr
     assert not (tmp_path / "badsize").exists()
 
 

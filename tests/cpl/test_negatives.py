@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from lightning_modules.cpl import negatives
-from lightning_modules.cpl.synthetic import write_word_scorer
 from lightning_modules.cpl.negatives import (ScorerSpec, bertscore_f1_matrix, bertscore_negatives, cache_file,
                                              top_k_negatives)
+from lightning_modules.cpl.synthetic import write_word_scorer
 
 WORDS = "a an photo of the red green blue big small cat dog car bird plane ship on sky road".split()
 TEXTS = ["a red cat", "a green dog", "the big plane", "a photo of a ship", "small bird", "blue car",
@@ -175,8 +175,8 @@ def test_bad_inputs_raise_clear_errors(scorer_dir, tmp_path, load_counter):
         (lambda: top_k_negatives(torch.zeros(3, 3), 3), "k=3"),
         (lambda: top_k_negatives(torch.zeros(3, 2), 1), "square"),
         (lambda: bertscore_f1_matrix(TEXTS, ScorerSpec(scorer_dir)), "num_layers is required"),
-        (lambda: ScorerSpec(scorer_dir, num_layers=-1), "num_layers must be"),
-        (lambda: ScorerSpec(""), "model must be"),
+        (lambda: ScorerSpec(scorer_dir, num_layers=-1), "num_layers: must be"),
+        (lambda: ScorerSpec(""), "model: must be"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message) as err:

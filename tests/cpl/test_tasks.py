@@ -11,13 +11,14 @@ import pytest
 import torch
 import yaml
 
+from datamodules.errors import ParamError
 from datamodules.shards import DatasetError
 from datamodules.synthetic_shapes import CLASS_NAMES
+from lightning_modules.clip_pretrain.random_clip import write_random_clip
 from lightning_modules.cpl.data import ClipRetrievalData, ClipRetrievalSample, ClipVQAData, vqa_accuracy
 from lightning_modules.cpl.module import CPLModule
 from lightning_modules.cpl.synthetic import write_retrieval, write_vqa, write_word_scorer
 from tests.conftest import REPO, run_fit
-from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
 DEMO_CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 
@@ -163,7 +164,7 @@ def test_bad_task_data_gives_clear_errors(tasks, tmp_path):
     mixed.setup("fit")
     with pytest.raises(DatasetError, match="answers differ.*--answers-from"):
         mixed.answers()
-    with pytest.raises(ValueError, match="qa_template must contain"):
+    with pytest.raises(ParamError, match="qa_template: must contain"):
         ClipVQAData(train=str(tasks["vqa_train"]), qa_template="{question}?")
     m = CPLModule(clip={"pretrained": str(tasks["clip"])}, variant="coop", class_specific_contexts=True)
     with pytest.raises(ValueError, match="class_specific_contexts.*false"):

@@ -1,0 +1,1 @@
+"""Tests of the MMWorld/VLM4D benchmarks: questions, answers, the CLIP scorer, the validation callback."""

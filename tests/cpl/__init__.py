@@ -1,0 +1,1 @@
+"""Tests of lightning_modules/cpl: CPL, CoOp and CoCoOp."""

@@ -1,0 +1,1 @@
+"""Tests of datamodules/: the shard format, writers, readers, transforms, video."""

@@ -1,0 +1,1 @@
+"""Tests of launch/: configs, fit, runs, trainer, SLURM, DeepSpeed configuration, evaluate."""
