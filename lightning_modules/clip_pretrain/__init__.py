@@ -3,7 +3,8 @@ tests that need a CLIP that has learned something, without a model hub.
 
 Read in this order: tokenizer.py (a word-level CLIP tokenizer built from the caption words), data.py (synthetic-
 shapes shards as captioned images), module.py (TinyCLIPPretrain: CLIPModel, contrastive loss, zero-shot validation,
-save_pretrained), cache.py (ensure_tiny_clip: data, training and a cache keyed by the settings).
+save_pretrained), cache.py (ensure_tiny_clip: data, training and a cache keyed by the settings). random_clip.py
+writes an untrained one of the same kind, for tests and tiny configs that need a CLIP's shapes, not its knowledge.
 """
 
 from lightning_modules.clip_pretrain.cache import ensure_tiny_clip
