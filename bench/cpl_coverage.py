@@ -9,6 +9,7 @@ The class similarities are random and symmetric: with top-k, coverage depends on
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def coverage(n_classes: int, k: int | None, generator: torch.Generator) -> float
     return covered / (BATCHES * BATCH_SIZE)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # no options: --help, and typos
     generator = torch.Generator().manual_seed(0)
     figures, ratios = {}, {}
     for name, n in BASE_CLASSES.items():

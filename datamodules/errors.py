@@ -27,6 +27,10 @@ class ParamError(ValueError):
         self.problems = [(str(name), str(message)) for name, message in problems]
         super().__init__("; ".join(f"{name}: {message}" for name, message in self.problems))
 
+    def under(self, parameter: str) -> "ParamError":
+        """The same problems as those of a mapping-valued `parameter` (`pretrained` -> `clip.pretrained`)."""
+        return ParamError((f"{parameter}.{name}", message) for name, message in self.problems)
+
 
 def raise_param_problems(problems: Iterable[tuple[str, str]]) -> None:
     """The one way a constructor reports what is wrong with its arguments: all problems, each with its parameter."""

@@ -9,7 +9,7 @@ checkpoint through Lightning's stateful-dataloader hooks (`state_dict` / `load_s
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import lightning as L
 from torch.utils.data import DataLoader, Sampler
@@ -175,8 +175,8 @@ class ShardDataModule(L.LightningDataModule):
             problems.append(("verify", f"must be sha256, size or none, got {verify!r}"))
         if prefetch_factor < 1:
             problems.append(("prefetch_factor", f"must be >= 1, got {prefetch_factor}"))
-        raise_param_problems(problems)
         named_val = dict(val) if isinstance(val, dict) else ({"val": val} if val is not None else {})
+        raise_param_problems(problems + self.config_problems({"val": val}))
         named_index = dict(val_index) if isinstance(val_index, dict) else {name: val_index for name in named_val}
         self.val_names = list(named_val)
         self.paths = {"train": train, **named_val}
@@ -189,6 +189,17 @@ class ShardDataModule(L.LightningDataModule):
         self.health: dict[str, DataHealth] = {}
 
     # -- what methods override ---------------------------------------------------------------------------------
+    @classmethod
+    def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """What the config checker (launch/config.py) reports before anything runs: the validation set names."""
+        val = params.get("val")
+        return cls.val_name_problems(list(val)) if isinstance(val, Mapping) else []
+
+    @classmethod
+    def val_name_problems(cls, names: list[str]) -> list[tuple[str, str]]:
+        """(`val.NAME`, message) for validation set names the data cannot mean; any name is fine here."""
+        return []
+
     def make_sample(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
         """Raw sample -> dict of tensors (run in the loader's workers, so it must pickle)."""
         return DecodeSample(required=self._required(split))

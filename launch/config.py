@@ -23,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from datamodules.errors import ParamError, UsageError, first_line
+from datamodules.param_types import KwargsOf, ModelSource, model_source_problem
 
 # Modules whose objects a config may build. Anything else is refused before import, so a config
 # cannot run arbitrary code by naming it.
@@ -57,6 +58,7 @@ class LoadedConfig:
     cfg: DictConfig  # merged and interpolation-resolved
     path: Path
     sources: dict[str, str]  # dotted key -> file that set it last
+    check_files: bool = True  # False: the paths and models a config names are not looked at (shipped configs)
 
     def source_of(self, key: str) -> str:
         """The file that set `key` or its closest ancestor; the main file if nobody did."""
@@ -98,8 +100,10 @@ def _read_yaml(path: Path, key: str, referrer: str, issues: list[ConfigIssue]) -
     return data
 
 
-def _collect_layers(path: Path, key: str, referrer: str, issues: list[ConfigIssue], stack: tuple) -> list:
-    """Files in merge order: each file's `base:` entries (recursively, left to right), then the file."""
+def _collect_layers(path: Path, key: str, referrer: str, issues: list[ConfigIssue], stack: tuple,
+                    extra_bases: list[tuple[str, Path]] = ()) -> list:
+    """Files in merge order: each file's `base:` entries (recursively, left to right), then `extra_bases` (the
+    top file's: those given on the command line, as (key, path)), then the file."""
     path = path.resolve()
     if path in stack:
         issues.append(ConfigIssue(referrer, key, f"circular base: {path} includes itself"))
@@ -116,30 +120,98 @@ def _collect_layers(path: Path, key: str, referrer: str, issues: list[ConfigIssu
     layers = []
     for i, base in enumerate(bases):
         layers += _collect_layers(path.parent / str(base), f"base.{i}", str(path), issues, stack + (path,))
+    for extra_key, extra in extra_bases:
+        layers += _collect_layers(extra, extra_key, COMMAND_LINE, issues, stack + (path,))
     layers.append((str(path), data))
     return layers
 
 
-def parse_overrides(tokens: list[str], issues: list[ConfigIssue]) -> list[tuple[str, Any]]:
+@dataclass(frozen=True)
+class Override:
+    key: str
+    value: Any
+    append: bool = False  # KEY+=VALUE: VALUE goes at the end of the list at KEY
+
+
+def parse_overrides(tokens: list[str], issues: list[ConfigIssue]) -> list[Override]:
     parsed = []
     for token in tokens:
         key, sep, value = token.partition("=")
-        if not sep or not key.strip():
-            issues.append(ConfigIssue(COMMAND_LINE, "", f"'{token}' is not key=value (e.g. trainer.max_steps=100)"))
+        append = key.endswith("+")
+        key = key.removesuffix("+").strip()
+        if not sep or not key:
+            issues.append(ConfigIssue(COMMAND_LINE, "", f"'{token}' is not key=value (e.g. trainer.max_steps=100) or "
+                                                        f"key+=value (e.g. callbacks+={{target: ...}})"))
             continue
         try:
-            parsed.append((key.strip(), yaml.safe_load(value) if value else None))
+            parsed.append(Override(key, yaml.safe_load(value) if value else None, append))
         except yaml.YAMLError:
-            parsed.append((key.strip(), value))
+            parsed.append(Override(key, value, append))
     return parsed
+
+
+def command_line_bases(overrides: list[Override], issues: list[ConfigIssue]) -> list[tuple[str, Path]]:
+    """`base=[a.yaml, ...]` (or `base+=a.yaml`) on the command line: files merged after the config's own base
+    files and before its keys, as a `base:` list in the file would be; paths relative to the working directory."""
+    bases: list[tuple[str, Path]] = []
+    for o in overrides:
+        if o.key.startswith("base."):
+            issues.append(ConfigIssue(COMMAND_LINE, o.key, "give base files as a list: base=[a.yaml,b.yaml]"))
+        elif o.key == "base":
+            files = o.value if isinstance(o.value, list) else [o.value]
+            if not all(isinstance(f, str) and f for f in files):
+                issues.append(ConfigIssue(COMMAND_LINE, "base", f"must be a file path or a list of them, got {o.value!r}"))
+                continue
+            bases += [(f"base.{len(bases)}", Path(f)) for f in files]
+    return bases
+
+
+_ABSENT = object()
+
+
+def _apply_override(merged: DictConfig, o: Override, sources: dict[str, str], issues: list[ConfigIssue]) -> None:
+    """Set (or append) one command-line value; every key it creates or sets is the command line's."""
+    parts = o.key.split(".")
+    created = [".".join(parts[:i]) for i in range(1, len(parts) + 1)
+               if OmegaConf.select(merged, ".".join(parts[:i]), default=_ABSENT) is _ABSENT]
+    for i in range(1, len(parts)):  # an index one past a list's end appends (callbacks.2.target=... on two callbacks)
+        prefix = ".".join(parts[:i])
+        node = OmegaConf.select(merged, prefix, default=None)
+        if isinstance(node, ListConfig) and parts[i].isdigit() and int(parts[i]) >= len(node):
+            if int(parts[i]) > len(node):
+                entries = f"{len(node)} entr{'y' if len(node) == 1 else 'ies'}"
+                issues.append(ConfigIssue(COMMAND_LINE, o.key, f"{prefix} has {entries}: the next one is "
+                                                               f"{prefix}.{len(node)} (or append with {prefix}+=...)"))
+                return
+            node.append({} if i < len(parts) - 1 else None)
+    key = o.key
+    if o.append:
+        current = OmegaConf.select(merged, o.key, default=None)
+        if current is not None and not isinstance(current, ListConfig):
+            issues.append(ConfigIssue(COMMAND_LINE, o.key, f"{o.key}+= appends to a list, but {o.key} is "
+                                                           f"{type(current).__name__}; set it with {o.key}=..."))
+            return
+        if current is None:
+            OmegaConf.update(merged, o.key, [], force_add=True)
+            current = OmegaConf.select(merged, o.key)
+        key = f"{o.key}.{len(current)}"
+        current.append(None)
+        created.append(key)
+    try:
+        OmegaConf.update(merged, key, o.value, merge=True, force_add=True)
+    except OmegaConfBaseException as e:
+        issues.append(ConfigIssue(COMMAND_LINE, o.key, f"cannot set: {first_line(e)}"))
+        return
+    for k in [*created, *_flatten_keys(o.value, key), key]:
+        sources[k] = COMMAND_LINE
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> LoadedConfig:
     """Merge `base:` files, the file and `key=value` overrides; raise UsageError listing every problem."""
     path = Path(path)
     issues: list[ConfigIssue] = []
-    layers = _collect_layers(path, "", COMMAND_LINE, issues, ())
-    override_pairs = parse_overrides(list(overrides or []), issues)
+    override_list = parse_overrides(list(overrides or []), issues)
+    layers = _collect_layers(path, "", COMMAND_LINE, issues, (), command_line_bases(override_list, issues))
 
     sources: dict[str, str] = {}
     merged = OmegaConf.create({})
@@ -150,14 +222,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> LoadedC
             merged = OmegaConf.merge(merged, OmegaConf.create(data))
         except OmegaConfBaseException as e:
             issues.append(ConfigIssue(source, "", f"cannot merge: {e}"))
-    for key, value in override_pairs:
-        try:
-            OmegaConf.update(merged, key, value, merge=True, force_add=True)
-            for k in _flatten_keys(value, key):
-                sources[k] = COMMAND_LINE
-            sources[key] = COMMAND_LINE
-        except OmegaConfBaseException as e:
-            issues.append(ConfigIssue(COMMAND_LINE, key, f"cannot set: {e}"))
+    for o in override_list:
+        if o.key != "base" and not o.key.startswith("base."):
+            _apply_override(merged, o, sources, issues)
 
     loaded = LoadedConfig(merged, path, sources)
     if not issues:
@@ -257,7 +324,7 @@ def _type_hints(obj: Any) -> dict[str, Any]:
     imported only for type checkers) leaves that parameter unchecked, not the whole signature."""
     fn = obj.__init__ if inspect.isclass(obj) else obj
     try:
-        return typing.get_type_hints(fn)
+        return typing.get_type_hints(fn, include_extras=True)  # extras: Annotated metadata (datamodules/param_types)
     except Exception:
         pass
     namespace = dict(getattr(inspect.unwrap(fn), "__globals__", {}))
@@ -273,10 +340,40 @@ def _type_hints(obj: Any) -> dict[str, Any]:
     return hints
 
 
-def _type_name(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
+    """An annotation in a user's words: `one of coop, cocoop, cpl`, `int or null`, `list of str`."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return describe_type(args[0])
     if tp is type(None):
         return "null"
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if inspect.isclass(tp) and issubclass(tp, enum.Enum):
+        return "one of " + ", ".join(m.name for m in tp)
+    if origin in (typing.Union, types.UnionType):
+        named = [describe_type(a) for a in args if a is not type(None)]
+        return " or ".join(named + (["null"] if type(None) in args else []))
+    if origin in (list, tuple, collections.abc.Sequence) and args and args[-1] is not Ellipsis:
+        return f"{getattr(origin, '__name__', 'list')} of {_grouped(args[0])}"
+    if origin in (dict, collections.abc.Mapping) and len(args) == 2:
+        return f"mapping of {_grouped(args[0])} to {_grouped(args[1])}"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _grouped(tp: Any) -> str:
+    words = describe_type(tp)
+    return f"({words})" if " or " in words else words
+
+
+def annotated_with(tp: Any, marker: type) -> Any | None:
+    """The first `marker` instance in an annotation's Annotated metadata (inside Optional / Union too), else None."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return next((m for m in args[1:] if isinstance(m, marker)), None) or annotated_with(args[0], marker)
+    if origin in (typing.Union, types.UnionType):
+        return next((found for a in args if (found := annotated_with(a, marker)) is not None), None)
+    return None
 
 
 def value_matches(value: Any, tp: Any) -> bool:
@@ -287,6 +384,8 @@ def value_matches(value: Any, tp: Any) -> bool:
         return True  # built objects are checked by their own signature
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is typing.Annotated:
+        return value_matches(value, args[0])
     if origin in (typing.Union, types.UnionType):
         return any(value_matches(value, a) for a in args)
     if origin is typing.Literal:
@@ -329,7 +428,9 @@ def check_target_node(node: Any, key: str, loaded: LoadedConfig, issues: list[Co
                       extra_params: collections.abc.Iterable[str] = ()) -> None:
     """Check one `{target, params}` node and every target node nested in its params.
 
-    `extra_params` are supplied by the framework at build time (not by the config) and count as given.
+    `extra_params` are supplied by the framework at build time (not by the config) and count as given. A target
+    with a classmethod `config_problems(params, check_files) -> [(param, message)]` has its values checked too, once
+    its keys and types are right: what its constructor would refuse is reported with everything else.
     """
     unknown_fields = [k for k in node.keys() if k not in ("target", "params")]
     for k in unknown_fields:
@@ -341,7 +442,13 @@ def check_target_node(node: Any, key: str, loaded: LoadedConfig, issues: list[Co
         issues.append(ConfigIssue(loaded.source_of(f"{key}.params"), f"{key}.params", "must be a mapping of keyword arguments"))
         return
     if obj is not None:
+        before = len(issues)
         check_params(obj, params, f"{key}.params", loaded, issues, extra_params)
+        if len(issues) == before and callable(getattr(obj, "config_problems", None)):
+            plain = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else dict(params)
+            for name, message in obj.config_problems(plain, check_files=loaded.check_files):
+                where = f"{key}.params.{name}"
+                issues.append(ConfigIssue(loaded.source_of(where), where, message))
     for name, value in params.items():
         check_nested(value, f"{key}.params.{name}", loaded, issues)
 
@@ -372,11 +479,20 @@ def check_params(obj: Any, params: Any, key: str, loaded: LoadedConfig, issues: 
                 issues.append(ConfigIssue(loaded.source_of(where), where, f"unknown key{did_you_mean(name, accepted)}"))
             continue
         tp = hints.get(name, accepted[name].annotation)
+        plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
         if value is not None or accepted[name].default is not None:
-            plain = OmegaConf.to_container(value) if isinstance(value, (DictConfig, ListConfig)) else value
             if not value_matches(plain, tp):
-                issues.append(ConfigIssue(loaded.source_of(where), where,
-                                          f"expected {_type_name(tp)}, got {type(plain).__name__} {plain!r}"))
+                expected = describe_type(tp)
+                got = repr(plain) if expected.startswith("one of") else f"{type(plain).__name__} {plain!r}"
+                issues.append(ConfigIssue(loaded.source_of(where), where, f"expected {expected}, got {got}"))
+                continue
+        kwargs_of = annotated_with(tp, KwargsOf)
+        if kwargs_of is not None and isinstance(value, (dict, DictConfig)):
+            check_params(kwargs_of.target, value, where, loaded, issues)
+        if loaded.check_files and annotated_with(tp, ModelSource) is not None and isinstance(plain, str):
+            problem = model_source_problem(plain)
+            if problem:
+                issues.append(ConfigIssue(loaded.source_of(where), where, problem))
     for name, p in accepted.items():
         if p.default is p.empty and p.kind is not p.VAR_KEYWORD and name not in given:
             issues.append(ConfigIssue(loaded.source_of(key), f"{key}.{name}", "missing required key"))

@@ -272,20 +272,15 @@ def check_run_config(loaded: configs.LoadedConfig, check_files: bool = True) -> 
     """Every problem of a run config at once (UsageError, one line each); builds nothing heavy.
 
     With check_files=False the files and directories it names are not looked at (shipped configs in tests)."""
-    from omegaconf import OmegaConf
-
     issues: list[configs.ConfigIssue] = []
+    loaded.check_files = check_files
     cfg = loaded.cfg
     for section in cfg.keys():
         if section not in RUN_SECTIONS:
             issues.append(configs.ConfigIssue(loaded.source_of(str(section)), str(section),
                                               f"unknown section{configs.did_you_mean(str(section), RUN_SECTIONS)}; "
                                               f"sections are {', '.join(RUN_SECTIONS)}"))
-    cls, params_ok = _responder_class(loaded, issues)
-    if params_ok and hasattr(cls, "config_problems"):
-        params = OmegaConf.to_container(cfg.model.get("params") or {}, resolve=True)
-        issues += [configs.ConfigIssue(loaded.source_of(f"model.params.{name}"), f"model.params.{name}", message)
-                   for name, message in cls.config_problems(params, check_files=check_files)]
+    cls, _ = _responder_class(loaded, issues)  # its config_problems are checked with its params
     needs_frames = bool(getattr(cls, "needs_frames", True)) if cls is not None else False
     if cfg.get("benchmark") is None:
         issues.append(configs.ConfigIssue(str(loaded.path), "benchmark",

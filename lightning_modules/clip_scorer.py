@@ -19,7 +19,7 @@ answer never depends on which other questions share a call -- sharded and single
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Annotated, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch import nn
 
 from datamodules.benchmarks.questions import Question
 from datamodules.errors import raise_param_problems
+from datamodules.param_types import ModelSource
 from datamodules.transforms import center_crop, normalize, resize_shorter
 from lightning_modules.frozen_clip import FrozenCLIP
 
@@ -54,7 +55,7 @@ class ClipScorer:
 
     needs_frames = True
 
-    def __init__(self, pretrained: str, template: str = DEFAULT_TEMPLATE, batch_size: int = 8,
+    def __init__(self, pretrained: Annotated[str, ModelSource()], template: str = DEFAULT_TEMPLATE, batch_size: int = 8,
                  device: str | None = None):
         raise_param_problems(self.config_problems({"pretrained": pretrained, "template": template,
                                                    "batch_size": batch_size}))

@@ -9,12 +9,14 @@ prompt's end-of-text position and projected, as CLIP does.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import torch
 from torch import nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel
 
+from datamodules.errors import ParamError
+from datamodules.param_types import ModelSource
 
 ENCODE_CHUNK = 4096  # texts per text-encoder pass without gradients (evaluation over thousands of captions)
 
@@ -28,18 +30,18 @@ class FrozenCLIP(nn.Module):
     """`pretrained`: HF id or local directory (model + tokenizer). `config`: a CLIPConfig dict for a randomly
     initialised model of that shape (tests, benchmarks), with `tokenizer` naming where its tokenizer is."""
 
-    def __init__(self, pretrained: str | None = None, config: dict[str, Any] | None = None,
-                 tokenizer: str | None = None):
+    def __init__(self, pretrained: Annotated[str | None, ModelSource()] = None, config: dict[str, Any] | None = None,
+                 tokenizer: Annotated[str | None, ModelSource()] = None):
         super().__init__()
         if (pretrained is None) == (config is None):
-            raise ValueError("give exactly one of clip.pretrained (HF id or local path) or clip.config")
+            raise ParamError([("pretrained", "give exactly one of pretrained (HF id or local path) or config")])
+        if pretrained is None and tokenizer is None:
+            raise ParamError([("tokenizer", "a randomly initialised CLIP still needs a tokenizer (HF id or path)")])
         if pretrained is not None:
             self.model = CLIPModel.from_pretrained(pretrained)
         else:
             self.model = CLIPModel(CLIPConfig(**config))
         tokenizer_source = tokenizer or pretrained
-        if tokenizer_source is None:
-            raise ValueError("clip.tokenizer: a randomly initialised CLIP still needs a tokenizer (HF id or path)")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         self.model.requires_grad_(False)
         self.model.eval()

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from datamodules.benchmarks.questions import QKey, Question
 from datamodules.benchmarks.scoring import read_responses
 from datamodules.errors import first_line, raise_param_problems
+from datamodules.param_types import ModelSource
 
 PROMPTS = ("direct", "cot")
 FRAMES_AS = ("video", "images")
@@ -101,10 +102,6 @@ def question_prompt(question: Question, prompt: str = "direct") -> str:
     return f"{question.question.strip()}\n{options}\n{instruction}"
 
 
-def _looks_like_path(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or Path(value).exists()
-
-
 # ----------------------------------------------------------------------------------------------- file
 class ResponsesFile:
     """Responses produced elsewhere: a JSON list or JSONL of {"id": ..., "response": ...} (scoring.read_responses
@@ -156,7 +153,7 @@ class TransformersVLM:
 
     needs_frames = True
 
-    def __init__(self, model: str, prompt: Literal["direct", "cot"] = "direct",
+    def __init__(self, model: Annotated[str, ModelSource()], prompt: Literal["direct", "cot"] = "direct",
                  frames_as: Literal["video", "images"] = "video", batch_size: int = 1,
                  max_new_tokens: int | None = None, dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
                  device: str | None = None, trust_remote_code: bool = False,
@@ -189,11 +186,7 @@ class TransformersVLM:
     @classmethod
     def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """Value checks beyond the parameter types (which the config checker verifies from the signature)."""
-        problems = []
-        model = params.get("model")
-        if check_files and isinstance(model, str) and _looks_like_path(model) and not Path(model).expanduser().is_dir():
-            problems.append(("model", f"no such directory: {model} (give a Hub id such as "
-                                      f"Qwen/Qwen2-VL-7B-Instruct or a save_pretrained directory)"))
+        problems = []  # `model` is a ModelSource: the config checker looks it up
         for name in ("batch_size", "max_new_tokens"):
             value = params.get(name)
             if isinstance(value, int) and not isinstance(value, bool) and value < 1:

@@ -15,6 +15,7 @@ a random resized crop and a horizontal flip, seeded per sample and epoch so that
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from datamodules.transforms import (center_crop, normalize, random_horizontal_fl
                                     sample_generator)
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "tiff", "gif")
+BASE_TO_NEW = ("base", "new")  # the validation sets whose harmonic mean base-to-new reports
 Task = Literal["classification", "retrieval", "vqa"]
 
 
@@ -135,6 +137,15 @@ class ClipData(ShardDataModule):
 
 class ClipClassificationData(ClipData):
     task, kind = "classification", ""
+
+    @classmethod
+    def val_name_problems(cls, names: list[str]) -> list[tuple[str, str]]:
+        """Base-to-new reads the sets named base and new (and their harmonic mean): a set named one typo away from
+        one of them while that one is missing is a mistake, not a set of its own."""
+        missing = [name for name in BASE_TO_NEW if name not in names]
+        return [(f"val.{name}", f"'{name}' looks like {close[0]}, which is missing (base-to-new reads the sets named "
+                                f"base and new): rename it, or give it a name unlike both")
+                for name in names if (close := difflib.get_close_matches(name, missing, n=1, cutoff=0.6))]
 
     def make_sample(self, split: str) -> ClipClassificationSample:
         return ClipClassificationSample(self.image_size, self.augment and split == "train", self.seed)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
 import torch
 
 from datamodules.errors import raise_param_problems
+from datamodules.param_types import ModelSource
 from lightning_modules.clip_scorer import DEFAULT_TEMPLATE, ClipScorer, default_device
 from lightning_modules.cpl.module import CPLModule
 
@@ -62,7 +63,7 @@ class CPLScorer(ClipScorer):
     template, batch_size, device: as for ClipScorer.
     """
 
-    def __init__(self, cpl_checkpoint: str, pretrained: str | None = None, template: str = DEFAULT_TEMPLATE,
+    def __init__(self, cpl_checkpoint: str, pretrained: Annotated[str | None, ModelSource()] = None, template: str = DEFAULT_TEMPLATE,
                  batch_size: int = 8, device: str | None = None):
         raise_param_problems(self.config_problems({"cpl_checkpoint": cpl_checkpoint, "template": template,
                                                    "batch_size": batch_size}))

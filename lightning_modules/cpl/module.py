@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import lightning as L
 import torch
@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.errors import raise_param_problems
+from datamodules.errors import ParamError, raise_param_problems
+from datamodules.param_types import KwargsOf, model_source_problem
 from lightning_modules.clip_scorer import ClipScorer
 from lightning_modules.cpl.counterfactual import (class_logits, contrastive_loss, counterfactual, pick_negatives,
                                                   search_mask)
+from lightning_modules.cpl.negatives import ScorerSpec
 from lightning_modules.cpl.prompt_learner import PromptLearner, check_class_names
 from lightning_modules.frozen_clip import FrozenCLIP
 
@@ -42,13 +44,13 @@ METRIC = {"classification": "accuracy", "retrieval": "r1", "vqa": "vqa_accuracy"
 
 
 class CPLModule(L.LightningModule):
-    def __init__(self, clip: dict[str, Any], variant: Literal["coop", "cocoop", "cpl"] = "cpl", n_ctx: int = 4,
+    def __init__(self, clip: Annotated[dict[str, Any], KwargsOf(FrozenCLIP)], variant: Literal["coop", "cocoop", "cpl"] = "cpl", n_ctx: int = 4,
                  ctx_init: str | None = "a photo of a", class_token_position: Literal["end", "middle", "front"] = "end",
                  class_specific_contexts: bool = False, lam: float = 1.0, beta: float = 0.1, tau: float = 0.07,
                  k: int | None = 3, search_steps: int = 5, search_lr: float = 0.5,
                  counterfactual_mode: Literal["elementwise", "scalar"] = "elementwise",
                  contrastive_over: Literal["target", "all_classes"] = "target",
-                 scorer: dict[str, Any] | None = None, negatives_cache: str = "~/.cache/worldbridge/negatives",
+                 scorer: Annotated[dict[str, Any], KwargsOf(ScorerSpec)] | None = None, negatives_cache: str = "~/.cache/worldbridge/negatives",
                  max_negative_texts: int = 20000,
                  lr: float = 0.002, momentum: float = 0.9, weight_decay: float = 5e-4, warmup_epochs: int = 1,
                  warmup_lr: float = 1e-5, cache_image_features: bool = True, seed: int = 0):
@@ -65,9 +67,16 @@ class CPLModule(L.LightningModule):
             problems.append(("tau", f"must be > 0, got {tau}"))
         if search_steps < 1:
             problems.append(("search_steps", f"must be >= 1, got {search_steps}"))
+        try:
+            self.scorer_spec = None if scorer is None else ScorerSpec(**scorer)
+        except ParamError as e:
+            problems += e.under("scorer").problems
         raise_param_problems(problems)
         self.save_hyperparameters()
-        self.clip = FrozenCLIP(**clip)
+        try:
+            self.clip = FrozenCLIP(**clip)
+        except ParamError as e:
+            raise e.under("clip") from e
         self.task = "classification"
         self.prompts: PromptLearner | None = None
         self.negative_scores: torch.Tensor | None = None  # [n, n] BERTScore F1 between the training texts
@@ -83,6 +92,17 @@ class CPLModule(L.LightningModule):
         self._zero_shot_text: dict[int, torch.Tensor] = {}
         self._val_text: dict[int, torch.Tensor] = {}  # prompts without a meta-net: encoded once per validation
         self.zero_shot: dict[str, float] = {}  # frozen CLIP's metric per validation set, measured once
+
+    @classmethod
+    def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """Checked with the config, before anything runs: the BERTScore scorer's model, where the variant uses it
+        (a coop or cocoop run never loads it, so a config shared with cpl runs may name one that is not here)."""
+        scorer = params.get("scorer")
+        if not check_files or params.get("variant", "cpl") != "cpl" or not isinstance(scorer, dict) \
+                or not isinstance(scorer.get("model"), str):
+            return []
+        problem = model_source_problem(scorer["model"])
+        return [("scorer.model", problem)] if problem else []
 
     @property
     def metric_name(self) -> str:
@@ -156,7 +176,7 @@ class CPLModule(L.LightningModule):
         self.val_metric = torch.nn.ModuleList([metric(len(c)) for c in val_classes])
         self.zero_shot_metric = torch.nn.ModuleList([metric(len(c)) for c in val_classes])
         if hp.variant == "cpl" and self.negative_scores is None:
-            from lightning_modules.cpl.negatives import ScorerSpec, bertscore_scores, top_k_negatives
+            from lightning_modules.cpl.negatives import bertscore_scores, top_k_negatives
 
             if len(negative_texts) > hp.max_negative_texts:
                 raise ValueError(f"{len(negative_texts)} training texts for BERTScore negatives (an n x n matrix) "
@@ -164,7 +184,7 @@ class CPLModule(L.LightningModule):
                                  f"few-shot subset (make_shards.py --fraction/--max-images/--max-questions) or raise it")
             if hp.k is not None and hp.k >= len(negative_texts):
                 raise ValueError(f"k={hp.k} negatives need more than {len(negative_texts)} training texts")
-            self.negative_scores = bertscore_scores(negative_texts, ScorerSpec(**hp.scorer),
+            self.negative_scores = bertscore_scores(negative_texts, self.scorer_spec,
                                                     cache_dir=Path(hp.negatives_cache).expanduser())
             self.negative_top_k = None if hp.k is None else top_k_negatives(self.negative_scores, hp.k)
         self.text_index = {text: i for i, text in enumerate(negative_texts)}

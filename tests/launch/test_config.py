@@ -152,7 +152,7 @@ def test_nested_targets_checked_and_built(tmp_path):
     assert [str(i).split(": ", 1)[1] for i in issues] == [
         "model.params.out_feature: unknown key (did you mean out_features?)",
         "model.params.out_features: missing required key",
-        "opt.params.lr: expected float | torch.Tensor, got str 'x'",
+        "opt.params.lr: expected float or Tensor, got str 'x'",
         "opt.params.extra: unknown key",
     ]
     built = instantiate({"target": "torch.nn.Sequential", "params": {}})
@@ -223,3 +223,48 @@ def test_a_target_that_moved_is_answered_with_its_new_place(tmp_path):
                      "--dry-run")
     assert_usage_error(result, "cannot import 'lightning_modules.nowhere.NoSuchClass'")
     assert "did you mean" not in result.stderr
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+def test_base_given_on_the_command_line_is_merged_before_the_files_keys(tmp_path, monkeypatch):
+    write(tmp_path / "preset.yaml", {"trainer": {"max_steps": 7, "precision": "bf16-mixed"}, "run": {"seed": 5}})
+    main = write(tmp_path / "main.yaml", {"run": {"name": "a", "seed": 1}, "trainer": {"max_steps": 3}})
+    monkeypatch.chdir(tmp_path)  # command-line base files are relative to where the command runs
+    loaded = load_config(main, ["base=[preset.yaml]", "trainer.log_every_n_steps=2"])
+    assert "base" not in loaded.cfg
+    assert loaded.cfg.trainer.precision == "bf16-mixed" and loaded.source_of("trainer.precision").endswith("preset.yaml")
+    assert loaded.cfg.trainer.max_steps == 3 and loaded.cfg.run.seed == 1  # the file's own keys win, as in a file
+    with pytest.raises(UsageError) as refused:
+        load_config(main, ["base.0=preset.yaml", "base=[absent.yaml]"])
+    assert refused.value.lines == ["command line: base.0: give base files as a list: base=[a.yaml,b.yaml]",
+                                   f"command line: base.0: file not found: {tmp_path / 'absent.yaml'}"]
+
+
+def test_keys_made_or_set_on_the_command_line_are_blamed_on_it(tmp_path):
+    result = run_fit("--config", str(demo_copy(tmp_path)), "runn.name=x", "modle.params.x=1", "--dry-run")
+    assert_usage_error(result, "command line: runn: unknown section (did you mean run?)",
+                       "command line: modle: unknown section (did you mean model?)")
+    result = run_fit("--config", str(demo_copy(tmp_path)), "model.params.hiden_dim=3", "trainer.max_stepz=4",
+                     "--dry-run")
+    assert_usage_error(result, "command line: model.params.hiden_dim: unknown key (did you mean hidden_dim?)",
+                       "command line: trainer.max_stepz: unknown key (did you mean max_steps?)")
+
+
+def test_a_callback_appended_on_the_command_line(tmp_path):
+    log = {"target": "callbacks.sample_log.SampleLog"}
+    config = demo_copy(tmp_path, callbacks=[log])
+    loaded = load_config(config, ["callbacks.1.target=callbacks.sample_log.SampleLog",
+                                  "callbacks+={target: callbacks.data_health.DataHealthLogger, params: {every_n_steps: 3}}"])
+    assert [c.target for c in loaded.cfg.callbacks] == ["callbacks.sample_log.SampleLog"] * 2 + [
+        "callbacks.data_health.DataHealthLogger"]
+    assert loaded.cfg.callbacks[2].params.every_n_steps == 3
+    assert loaded.source_of("callbacks.2.params.every_n_steps") == "command line"
+    assert loaded.source_of("callbacks.0.target") == str(config.resolve())
+    with pytest.raises(UsageError) as refused:
+        load_config(config, ["callbacks.3.target=x", "run.name+=y"])
+    assert refused.value.lines == [
+        "command line: callbacks.3.target: callbacks has 1 entry: the next one is callbacks.1 (or append with "
+        "callbacks+=...)",
+        "command line: run.name: run.name+= appends to a list, but run.name is str; set it with run.name=..."]
+    appended = load_config(demo_copy(tmp_path, callbacks=None), ["callbacks+={target: callbacks.sample_log.SampleLog}"])
+    assert [c.target for c in appended.cfg.callbacks] == ["callbacks.sample_log.SampleLog"]

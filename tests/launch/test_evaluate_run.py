@@ -387,7 +387,7 @@ def test_config_errors_are_reported_together_one_line_each(bench, tmp_path, caps
                                                      "imaginary": str(bench["questions"])},
                       "video_root": str(tmp_path / "no_videos"), "num_frames": 8, "fps": 2.0, "limt": 3},
         "model": {"target": "lightning_modules.responders.TransformersVLM",
-                  "params": {"model": "Qwen/Qwen2-VL-7B-Instruct", "prompt": "essay", "batchsize": 2}},
+                  "params": {"model": str(bench["root"]), "prompt": "essay", "batchsize": 2}},
         "judge": {"model_path": str(tmp_path / "no_judge")},
         "extra": 1, "out": str(tmp_path / "out")}))
     assert evaluate.main(["run", "--config", str(config)]) == 2
@@ -423,7 +423,7 @@ def test_bad_question_file_and_model_directory(bench, tmp_path, capsys):
     config = write_config(tmp_path / "run.yaml", {**bench, "questions": bad}, model, tmp_path / "out")
     assert evaluate.main(["run", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "model.params.model: no such directory" in err[0]
+    assert len(err) == 1 and "model.params.model: " in err[0] and "is not a local directory" in err[0]
     model["params"]["model"] = str(bench["root"])  # exists: the question file is checked next
     write_config(tmp_path / "run.yaml", {**bench, "questions": bad}, model, tmp_path / "out")
     assert evaluate.main(["run", "--config", str(config), "--dry-run"]) == 2

@@ -17,7 +17,9 @@ EXPERIMENTS = [p for p in CONFIGS if p not in BENCHMARKS]
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_config_resolves_and_checks(path):
-    check_config(load_config(path))
+    loaded = load_config(path)
+    loaded.check_files = False  # the models and data they name are the user's: looked up when run, not here
+    check_config(loaded)
 
 
 def test_every_cpl_task_has_configs():
