@@ -34,11 +34,11 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.benchmarks.frames import VideoDecodeError, sample_frames
-from datamodules.benchmarks.questions import (BENCHMARKS, Question, VideoReport, index_questions, load_questions,
-                                              resolve_video)
+from datamodules.benchmarks.questions import (BENCHMARKS, MMWORLD_SPLIT, VLM4D_SPLITS, Question, VideoReport,
+                                              index_questions, load_questions, resolve_video)
 from datamodules.benchmarks.scoring import score_responses, summarize
 from datamodules.benchmarks.subset import stratified_subset
-from datamodules.errors import raise_param_problems
+from datamodules.errors import ParamError, did_you_mean, raise_param_problems
 from datamodules.files import atomic_write_text
 from lightning_modules.responders import answer_in_batches
 
@@ -77,19 +77,13 @@ class BenchmarkValidation(Callback):
                  every_n_validations: int = 1, num_frames: int = 8, frame_cache: str | None = None, seed: int = 0,
                  shard_across_ranks: bool = False, responder: Any = None, batch_size: int = 8,
                  prefix: str = DEFAULT_PREFIX):
-        problems = []
-        if benchmark not in BENCHMARKS:
-            problems.append(("benchmark", f"must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}"))
-        if not questions:
-            problems.append(("questions", "give at least one split: file (vlm4d: real, synthetic; mmworld: test)"))
-        for name, value in (("num_questions", num_questions), ("every_n_validations", every_n_validations),
-                            ("num_frames", num_frames), ("batch_size", batch_size)):
-            if value < 1:
-                problems.append((name, f"must be >= 1, got {value}"))
+        raise_param_problems(self.config_problems(
+            {"benchmark": benchmark, "questions": questions, "num_questions": num_questions,
+             "every_n_validations": every_n_validations, "num_frames": num_frames, "batch_size": batch_size},
+            check_files=False))
         if responder is not None and not callable(getattr(responder, "respond", None)):
-            problems.append(("responder", f"{type(responder).__name__} is not a responder (no respond(questions, "
-                                          f"frames)); give target/params of one, or null"))
-        raise_param_problems(problems)
+            raise ParamError([("responder", f"{type(responder).__name__} is not a responder (no respond(questions, "
+                                            f"frames)); give target/params of one, or null")])
         self.benchmark, self.question_files = benchmark, dict(questions)
         self.video_root, self.num_questions, self.seed = Path(video_root), num_questions, seed
         self.every_n_validations, self.num_frames, self.batch_size = every_n_validations, num_frames, batch_size
@@ -101,6 +95,33 @@ class BenchmarkValidation(Callback):
         self._warned = False
         # Every rank logs the same, already complete values: Lightning's advice to sync them does not apply.
         warnings.filterwarnings("ignore", message=rf".*self\.log\('{re.escape(prefix)}/{benchmark}/")
+
+    @classmethod
+    def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """(param, message) for values that cannot work, checked with the config before anything runs: the
+        benchmark, its splits (vlm4d: real, synthetic; mmworld: test), the counts, and with `check_files` the
+        question files and the video directory."""
+        problems = []
+        benchmark, questions = params.get("benchmark"), params.get("questions") or {}
+        if benchmark not in BENCHMARKS:
+            problems.append(("benchmark", f"must be one of {', '.join(BENCHMARKS)}, got {benchmark!r}"))
+        splits = VLM4D_SPLITS if benchmark == "vlm4d" else (MMWORLD_SPLIT,)
+        if not questions:
+            problems.append(("questions", "give at least one split: file (vlm4d: real, synthetic; mmworld: test)"))
+        for split, path in questions.items():
+            if benchmark in BENCHMARKS and split not in splits:
+                problems.append((f"questions.{split}", f"not a {benchmark} split{did_you_mean(split, splits)} "
+                                                       f"(splits: {', '.join(splits)})"))
+            elif check_files and not Path(path).is_file():
+                problems.append((f"questions.{split}", f"no such file: {path}"))
+        for name in ("num_questions", "every_n_validations", "num_frames", "batch_size"):
+            value = params.get(name, 1)
+            if isinstance(value, int) and value < 1:
+                problems.append((name, f"must be >= 1, got {value}"))
+        video_root = params.get("video_root")
+        if check_files and isinstance(video_root, str) and not Path(video_root).is_dir():
+            problems.append(("video_root", f"no such directory: {video_root} (the directory holding the videos)"))
+        return problems
 
     @property
     def state_key(self) -> str:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Iterable, Sequence
 
 
@@ -43,3 +44,9 @@ def first_line(error: BaseException) -> str:
     """The first non-empty line of an error's message (libraries' messages run to many lines), else its type."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """' (did you mean X?)' for the option closest to a mistyped word, or ''."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""

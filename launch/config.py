@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import collections.abc
-import difflib
 import enum
 import importlib
 import inspect
@@ -22,7 +21,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from datamodules.errors import ParamError, UsageError, first_line
+from datamodules.errors import ParamError, UsageError, did_you_mean, first_line
 from datamodules.param_types import KwargsOf, ModelSource, model_source_problem
 
 # Modules whose objects a config may build. Anything else is refused before import, so a config
@@ -243,11 +242,6 @@ def check_sections(loaded: LoadedConfig, issues: list[ConfigIssue]) -> None:
         if section not in SECTIONS:
             issues.append(ConfigIssue(loaded.source_of(str(section)), str(section),
                                       f"unknown section{did_you_mean(str(section), SECTIONS)}; sections are {', '.join(SECTIONS[1:])}"))
-
-
-def did_you_mean(word: str, options: collections.abc.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 # ----------------------------------------------------------------------------------------------

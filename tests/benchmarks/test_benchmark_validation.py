@@ -19,7 +19,7 @@ from callbacks.benchmark_validation import BenchmarkValidation, summary_metrics
 from datamodules.benchmarks import Question, load_questions, resolve_video, sample_frames
 from datamodules.benchmarks.subset import stratified_subset, stratum_of, stratum_quotas
 from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
-from datamodules.errors import ParamError
+from datamodules.errors import ParamError, UsageError
 from launch.config import instantiate
 from lightning_modules.clip_pretrain.random_clip import write_random_clip
 from lightning_modules.clip_scorer import ClipScorer
@@ -78,8 +78,12 @@ def test_arguments_are_checked():
     with pytest.raises(ParamError, match="benchmark: must be one of"):
         BenchmarkValidation("mmbench", {"test": "x.json"}, "videos")
     with pytest.raises(ParamError) as refused:
-        BenchmarkValidation("vlm4d", {}, "videos", num_questions=0, batch_size=0, responder={"target": "x"})
-    assert [name for name, _ in refused.value.problems] == ["questions", "num_questions", "batch_size", "responder"]
+        BenchmarkValidation("vlm4d", {"reall": "x.json"}, "videos", num_questions=0, batch_size=0)
+    assert refused.value.problems == [("questions.reall", "not a vlm4d split (did you mean real?) (splits: real, "
+                                                          "synthetic)"),
+                                      ("num_questions", "must be >= 1, got 0"), ("batch_size", "must be >= 1, got 0")]
+    with pytest.raises(ParamError, match="responder: dict is not a responder"):
+        BenchmarkValidation("vlm4d", {"real": "x.json"}, "videos", responder={"target": "x"})
 
 
 @pytest.fixture(scope="module")
@@ -286,3 +290,22 @@ def test_a_failure_on_one_rank_is_raised_on_every_rank_without_hanging(world, tm
     for rank in (0, 1):
         outcome = (tmp_path / f"rank{rank}.txt").read_text()
         assert "benchmark vlm4d failed" in outcome and f"model exploded on rank {failing_rank}" in outcome, outcome
+
+
+def test_a_mistyped_split_or_missing_file_is_a_config_problem_before_the_run(tmp_path):
+    from launch.config import load_config
+    from launch.fit import check_config
+
+    callback = {"target": "callbacks.benchmark_validation.BenchmarkValidation",
+                "params": {"benchmark": "vlm4d", "questions": {"reall": str(tmp_path / "real_mc.json"),
+                                                               "synthetic": str(tmp_path / "absent.json")},
+                           "video_root": str(tmp_path / "videos")}}
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"base": [str(DEMO_CONFIG)], "callbacks": [callback]}))
+    with pytest.raises(UsageError) as refused:
+        check_config(load_config(config))
+    key = "callbacks.0.params"
+    assert refused.value.lines == [
+        f"{config}: {key}.questions.reall: not a vlm4d split (did you mean real?) (splits: real, synthetic)",
+        f"{config}: {key}.questions.synthetic: no such file: {tmp_path / 'absent.json'}",
+        f"{config}: {key}.video_root: no such directory: {tmp_path / 'videos'} (the directory holding the videos)"]
