@@ -3,6 +3,7 @@
 The one way the project replaces a file: write a temporary file in the same directory (its name carries TMP_MARK, so
 listings such as a run's checkpoints can leave it out), flush and fsync it, rename it over the target, fsync the
 directory. An exception (or a signal) before the rename removes the temporary file and leaves the target untouched.
+A symlink is replaced the same way (`atomic_symlink`).
 """
 
 from __future__ import annotations
@@ -92,6 +93,22 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     with AtomicFile(path, "w", encoding=encoding) as f:
         f.file.write(text)
     return Path(path)
+
+
+def atomic_symlink(link: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Point the symlink `link` at `target` (as given: a relative target is relative to the link's folder), replacing
+    the link it was in one rename, so a reader finds the old target or the new one, never no link."""
+    link = Path(link)
+    tmp = temporary_name(link)
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(link.parent)
+    return link
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

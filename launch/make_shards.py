@@ -10,6 +10,9 @@ Kinds:
   synthetic-control  synthetic shapes plus condition maps (canny edges, segmentation mask, depth-like map)
   synthetic-motion   clips of a shape moving at a random speed: frames (.npy), per-frame boxes, motion intensity
 
+On success it prints one line per dataset directory it wrote (classification: one per split):
+  wrote OUT/train: 1 shard, 96 samples, 296,960 bytes
+
 Usage errors print one line naming the file or argument and exit with code 2; nothing is left half-written
 (the output has no index.json and no shard). This file only parses and dispatches: each kind is a Python function
 (datamodules/writers/ for the generic kinds, lightning_modules/<method>/shards.py for a method's own), which other
@@ -51,13 +54,23 @@ def build_parser() -> cli.ArgumentParser:
     return parser
 
 
+def summary(directory: Path, index: dict) -> str:
+    """The line make_shards prints for a dataset it wrote."""
+    shards = len(index["shards"])
+    size = sum(shard["bytes"] for shard in index["shards"])
+    return (f"wrote {directory}: {shards} shard{'' if shards == 1 else 's'}, {index['total_samples']} samples, "
+            f"{size:,} bytes")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def work() -> int:
         args = build_parser().parse_args(argv)
         kind = KINDS[args.kind]
-        kind.from_args(args, options_from_args(args, ["launch/make_shards.py", *argv]))
+        written = kind.from_args(args, options_from_args(args, ["launch/make_shards.py", *argv]))
+        for directory, index in kind.datasets(args.out, written).items():
+            print(summary(directory, index))
         return 0
 
     return cli.main(work, PROG)

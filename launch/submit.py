@@ -1,8 +1,16 @@
-"""Submit a training run to SLURM: `python launch/submit.py --config FILE [--nodes N] [--gpus-per-node G]
-[--time T] [--partition P] [--dry-run] [key=value ...]`.
+"""Submit a training run to SLURM.
+
+    python launch/submit.py --config FILE [--nodes N] [--gpus-per-node G] [--time T] [--partition P] [--dry-run]
+                            [key=value ...]
 
 Writes `<run dir>/slurm.sbatch` (srun with one task per GPU, SIGUSR1 before the time limit, --requeue) and
 submits it with sbatch. The job resumes from its newest checkpoint every time SLURM (re)starts it.
+
+The job requests what the config's trainer section uses: `trainer.devices` GPUs per node (one task each) when
+`trainer.accelerator` is gpu or cuda, else `trainer.devices` CPU processes per node, on `trainer.num_nodes`
+nodes. `--gpus-per-node` and `--nodes` decide instead, and the job's Trainer is given their values. A `slurm`
+section (`slurm.gpus_per_node`, `slurm.nodes`, ...; configs/base/slurm.yaml) that disagrees with the trainer
+section is refused with one line naming both keys. `key=value` overrides are passed on to launch/fit.py.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from omegaconf import OmegaConf
 
@@ -22,21 +30,40 @@ from launch import cli
 from launch.config import load_config
 from launch.fit import check_config
 from launch.runs import RunDir, RunSettings
-from launch.slurm import SlurmSettings, render_sbatch
+from launch.slurm import SlurmSettings, job_shape, render_sbatch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 PROG = "submit.py"
+FLAGS = ("nodes", "gpus_per_node", "time", "partition")  # each sets slurm.<name>
+
+
+def checked(name: str, convert: Callable[[str], object]) -> Callable[[str], object]:
+    """An argparse type for the flag that sets slurm.<name>: the value converted, then checked as the slurm section
+    checks it (an argparse error naming the flag)."""
+    def parse(text: str) -> object:
+        value = convert(text)
+        for field, message in SlurmSettings(**{name: value}).problems():
+            if field == name:
+                raise argparse.ArgumentTypeError(message)
+        return value
+
+    parse.__name__ = convert.__name__  # argparse names it in "invalid int value"
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--nodes", type=int)
-    parser.add_argument("--gpus-per-node", type=int)
-    parser.add_argument("--time")
-    parser.add_argument("--partition")
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, metavar="FILE")
+    parser.add_argument("--nodes", type=checked("nodes", int), metavar="N",
+                        help="nodes (default: trainer.num_nodes, else 1)")
+    parser.add_argument("--gpus-per-node", type=checked("gpus_per_node", int), metavar="G",
+                        help="GPUs per node, one task each; 0: a CPU job (default: trainer.devices on a GPU trainer)")
+    parser.add_argument("--time", type=checked("time", str), metavar="T",
+                        help=f"time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: slurm.time, else "
+                             f"{SlurmSettings.time}); the job requeues itself before it and resumes")
+    parser.add_argument("--partition", metavar="P")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script; write and submit nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, passed on to launch/fit.py")
     return parser.parse_args(argv)
@@ -44,24 +71,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def submit(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    for flag, key in (("nodes", "nodes"), ("gpus_per_node", "gpus_per_node"), ("time", "time"), ("partition", "partition")):
-        value = getattr(args, flag)
+    flags = {}
+    for name in FLAGS:
+        value = getattr(args, name)
         if value is not None:
             # quoted: OmegaConf would read 10:00 (a time) as the integer 600
-            overrides.append(f"slurm.{key}='{value}'" if isinstance(value, str) else f"slurm.{key}={value}")
+            overrides.append(f"slurm.{name}='{value}'" if isinstance(value, str) else f"slurm.{name}={value}")
+            flags[f"slurm.{name}"] = "--" + name.replace("_", "-")
     loaded = load_config(args.config, overrides)
     if loaded.cfg.get("slurm") is None:
         loaded.cfg.slurm = {}
     check_config(loaded)
+    shape = job_shape(loaded, flags)
     settings = SlurmSettings(**OmegaConf.to_container(loaded.cfg.slurm, resolve=True))
     # the job's Trainer must match its allocation
-    trainer_devices = loaded.cfg.get("trainer", {}).get("devices", 1)
-    devices = settings.gpus_per_node if settings.gpus_per_node > 0 else trainer_devices
-    overrides += [f"trainer.num_nodes={settings.nodes}", f"trainer.devices={devices}"]
+    overrides += [f"trainer.num_nodes={shape.nodes}", f"trainer.devices={shape.tasks_per_node}"]
     run = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
     run_dir = RunDir.from_settings(run)
-    script = render_sbatch(settings, job_name=run.name, run_dir=run_dir.path, config=Path(args.config), overrides=overrides,
-                           trainer_devices=devices, workdir=Path.cwd(), fit_script=REPO_ROOT / "launch" / "fit.py")
+    script = render_sbatch(settings, shape, job_name=run.name, run_dir=run_dir.path, config=Path(args.config),
+                           overrides=overrides, workdir=Path.cwd(), fit_script=REPO_ROOT / "launch" / "fit.py")
     if args.dry_run:
         print(script, end="")
         return 0

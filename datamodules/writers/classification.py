@@ -191,4 +191,5 @@ KIND = ShardKind(
     name="classification", help="image folder or CoOp split JSON", add_arguments=add_arguments,
     from_args=lambda args, options: write_classification_shards(
         args.out, images=args.images, split_json=args.split_json, root=args.root, shots=args.shots,
-        subset=args.subset, options=options))
+        subset=args.subset, options=options),
+    datasets=lambda out, indexes: {Path(out) / split: index for split, index in indexes.items()})

@@ -7,7 +7,8 @@
 - Input checks, each a one-line UsageError naming the file or argument: `check_out`, `image_format` /
   `shared_image_ext` (every image decoded once before anything is written), `read_json`, `read_rows` (.jsonl/.csv).
 - `seeded_subset`, and `remove_datasets` (a failed multi-split run removes the splits it finished).
-- `ShardKind`: how an entry point offers a kind (launch/make_shards.py registers them).
+- `ShardKind`: how an entry point offers a kind and finds the datasets it wrote (launch/make_shards.py registers
+  them).
 """
 
 from __future__ import annotations
@@ -88,14 +89,21 @@ def write_shards(out: Path, items: Sequence[Any], encode: Callable[[Any], Encode
                           **statistics)
 
 
+def one_dataset(out: Path, index: dict[str, Any]) -> dict[Path, dict[str, Any]]:
+    """A kind that writes one dataset, in `out`: {out: its index}."""
+    return {Path(out): index}
+
+
 @dataclass(frozen=True)
 class ShardKind:
     """A shard kind as an entry point offers it: `add_arguments(parser)` adds its own arguments (the common ones are
-    added for it), `from_args(args, options)` writes the dataset and returns its index."""
+    added for it), `from_args(args, options)` writes the dataset and returns what the kind's function returns,
+    `datasets(out, returned)` says which dataset directories that wrote: {directory: index}."""
     name: str
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     from_args: Callable[[argparse.Namespace, ShardOptions], Any]
+    datasets: Callable[[Path, Any], dict[Path, dict[str, Any]]] = one_dataset
 
 
 # ------------------------------------------------------------------------------------------------- field bytes

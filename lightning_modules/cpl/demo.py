@@ -4,7 +4,9 @@
    about 110 s on 2 CPU cores, cached under <root>/cache after the first run).
 2. Base-to-new data (lightning_modules/cpl/synthetic.py): 16 shots of 6 base classes whose training backgrounds
    follow the class 90% of the time; 50 test images per class, base and new, with random backgrounds.
-3. One fit per variant through launch/fit.py with configs/demo/cpl.yaml, as a user would run it.
+3. One fit per variant through launch/fit.py with configs/demo/cpl.yaml, as a user would run it. The config names
+   runs/demo-cpl/cache/tiny-clip/current and runs/demo-cpl/data (the default root), links this demo keeps pointed
+   at the CLIP and the data it prepared, so after `make demo` the config runs as shipped from the repository root.
 4. The table of base accuracy, new accuracy and their harmonic mean, printed and written to <root>/summary.md.
 The negatives of CPL come from BERTScore with a tiny word-level BERT built here (no pretrained scorer can be
 downloaded), read at layer 1, where class names sharing a word are the most similar.
@@ -22,19 +24,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "demo" / "cpl.yaml"
 NAMES = {"coop": "CoOp", "cocoop": "CoCoOp", "cpl": "CPL"}
 
 
-def prepare(root: Path, seed: int, spurious: float, pretrain_steps: int) -> dict[str, Path]:
+def prepare(root: Path, seed: int, spurious: float, clip: dict[str, Any]) -> dict[str, Path]:
+    """The tiny CLIP (`clip`: ensure_tiny_clip's settings), the scorer and the data under `root`, each cached, at the
+    stable paths configs/demo/cpl.yaml names (for the default root): `cache/tiny-clip/current` and `data` are links
+    to the cache entry and the data these settings need, moved there once it is complete."""
+    from datamodules.files import atomic_symlink
     from datamodules.synthetic_shapes import CLASS_NAMES
     from lightning_modules.clip_pretrain import ensure_tiny_clip
     from lightning_modules.cpl.synthetic import write_base_to_new, write_word_scorer
 
     cache = root / "cache"
-    clip = ensure_tiny_clip(cache / "tiny-clip", max_steps=pretrain_steps, seed=seed)
+    entry = ensure_tiny_clip(cache / "tiny-clip", seed=seed, **clip)
+    current = atomic_symlink(cache / "tiny-clip" / "current", entry.name)
     scorer = cache / "tiny-scorer"
     if not (scorer / "config.json").is_file():
         write_word_scorer(scorer, sorted({w for name in CLASS_NAMES for w in name.split()}), seed=seed)
@@ -42,7 +50,8 @@ def prepare(root: Path, seed: int, spurious: float, pretrain_steps: int) -> dict
     if not (data / "new" / "test" / "index.json").is_file():
         shutil.rmtree(data, ignore_errors=True)
         write_base_to_new(data, shots=16, per_class_test=50, size=32, spurious=spurious, seed=seed)
-    return {"clip": clip, "scorer": scorer, "negatives": cache / "negatives", "train": data / "base" / "train",
+    data = atomic_symlink(root / "data", data.name)
+    return {"clip": current, "scorer": scorer, "negatives": cache / "negatives", "train": data / "base" / "train",
             "base": data / "base" / "test", "new": data / "new" / "test"}
 
 
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     print("preparing the tiny CLIP, the scorer and the data (cached after the first run) ...", flush=True)
-    paths = prepare(args.root, args.seed, args.spurious, args.pretrain_steps)
+    paths = prepare(args.root, args.seed, args.spurious, {"max_steps": args.pretrain_steps})
     print(f"  ready after {time.perf_counter() - start:.0f} s", flush=True)
     results = {}
     for variant in args.variants:

@@ -325,6 +325,29 @@ def test_classification_base_new_and_folder(tmp_path, coop):
     assert [g[0] for g in got] == sorted(g[0] for g in got)
 
 
+def test_make_shards_prints_one_line_per_dataset_directory_and_the_function_prints_nothing(tmp_path, coop, capsys):
+    """classification writes a dataset per split under --out: one line each (directory, shards, samples, bytes)."""
+    path, root = coop
+    out = tmp_path / "out"
+    assert make("classification", "--split-json", str(path), "--root", str(root), "--out", str(out),
+                "--max-samples-per-shard", "3") == (0, "")
+
+    def on_disk(d: Path) -> str:
+        return f"{sum(p.stat().st_size for p in d.glob('*.tar')):,} bytes"
+
+    assert capsys.readouterr().out.splitlines() == [
+        f"wrote {out / 'train'}: 7 shards, 20 samples, {on_disk(out / 'train')}",
+        f"wrote {out / 'val'}: 2 shards, 5 samples, {on_disk(out / 'val')}",
+        f"wrote {out / 'test'}: 2 shards, 5 samples, {on_disk(out / 'test')}"]
+    shapes = tmp_path / "s"
+    assert make("synthetic-shapes", "--out", str(shapes), "--num", "4", "--size", "16") == (0, "")
+    assert capsys.readouterr().out.splitlines() == [f"wrote {shapes}: 1 shard, 4 samples, {on_disk(shapes)}"]
+    # a library call stays silent
+    from datamodules.writers.classification import write_classification_shards
+    write_classification_shards(tmp_path / "lib", split_json=path, root=root)
+    assert capsys.readouterr() == ("", "")
+
+
 def assert_bad(rc_err: tuple[int, str], needle: str, out: Path) -> None:
     rc, err = rc_err
     assert rc == 2, err

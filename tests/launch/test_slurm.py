@@ -10,6 +10,8 @@ Skipped (with the reason) only where no cluster can be had: not root, or the SLU
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -26,6 +28,7 @@ from tests.slurm_cluster import ClusterUnavailable, cancel_job, ensure_cluster, 
 pytestmark = pytest.mark.slurm
 
 DEMO_CONFIG = REPO / "configs" / "demo" / "regression.yaml"
+GPU_CONFIG = REPO / "configs" / "cpl" / "dtd.yaml"  # trainer_gpu.yaml (accelerator gpu, devices 1), no slurm preset
 SUBMIT = REPO / "launch" / "submit.py"
 
 # ~20 s of training on 2 idle CPU cores (3000 steps took 9-12 s there, 40-110 s beside other test runs): the
@@ -50,8 +53,8 @@ def submit_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path), "PYTHONUNBUFFERED": "1"}
 
 
-def run_submit(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SUBMIT), "--config", str(DEMO_CONFIG), *args], cwd=REPO,
+def run_submit(*args: str, config: Path = DEMO_CONFIG, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SUBMIT), "--config", str(config), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, env=submit_env())
 
 
@@ -120,7 +123,105 @@ def test_time_limits_that_look_like_numbers_stay_text(tmp_path, time_limit):
 
 def test_bad_time_limit_is_a_usage_error(tmp_path):
     result = run_submit("--dry-run", "--time", "soon", f"run.root={tmp_path}", timeout=60)
-    assert result.returncode == 2 and "slurm.time: 'soon' is not a SLURM time" in result.stderr
+    assert result.returncode == 2 and "argument --time: 'soon' is not a SLURM time" in result.stderr
+
+
+def submit_here(*args: str, config: Path = GPU_CONFIG) -> tuple[int, str, str]:
+    """launch/submit.py in this process (its imports paid once), from the repository root: (exit code, stdout,
+    stderr)."""
+    from launch import submit
+
+    out, err = io.StringIO(), io.StringIO()
+    cwd = Path.cwd()
+    os.chdir(REPO)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = submit.main(["--config", str(config), *args])
+    finally:
+        os.chdir(cwd)
+    return rc, out.getvalue(), err.getvalue()
+
+
+def sbatch_lines(script: str) -> dict[str, str]:
+    """The #SBATCH options of a script: {"--gpus-per-node": "1", ...}."""
+    options = (line.split(" ", 1)[1] for line in script.splitlines() if line.startswith("#SBATCH "))
+    return dict(option.partition("=")[::2] for option in options)
+
+
+def test_a_gpu_trainer_without_a_slurm_section_gets_its_gpus_and_one_task_each(tmp_path):
+    """configs/cpl/dtd.yaml lists no slurm preset: the job requests what trainer.accelerator gpu / devices use."""
+    rc, out, err = submit_here("--dry-run", f"run.root={tmp_path}")
+    assert rc == 0, err
+    options = sbatch_lines(out)
+    assert options["--gpus-per-node"] == "1" and options["--ntasks-per-node"] == "1" and options["--nodes"] == "1"
+    rc, out, err = submit_here("--dry-run", f"run.root={tmp_path}", "trainer.devices=4", "trainer.num_nodes=2")
+    assert rc == 0, err
+    options = sbatch_lines(out)
+    assert options["--gpus-per-node"] == "4" and options["--ntasks-per-node"] == "4" and options["--nodes"] == "2"
+    assert "trainer.num_nodes=2 trainer.devices=4" in out
+    # the flags decide over the config's trainer section, and the job's Trainer is told
+    rc, out, err = submit_here("--dry-run", f"run.root={tmp_path}", "--gpus-per-node", "8", "--nodes", "3")
+    assert rc == 0, err
+    options = sbatch_lines(out)
+    assert options["--gpus-per-node"] == "8" and options["--ntasks-per-node"] == "8" and options["--nodes"] == "3"
+    assert out.rstrip().endswith("trainer.num_nodes=3 trainer.devices=8")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cpu_trainer_requests_no_gpu(tmp_path):
+    rc, out, err = submit_here("--dry-run", f"run.root={tmp_path}", "trainer.devices=2", "trainer.strategy=ddp",
+                               config=DEMO_CONFIG)
+    assert rc == 0, err
+    options = sbatch_lines(out)
+    assert "--gpus-per-node" not in options and options["--ntasks-per-node"] == "2"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--time", "0"], "submit.py: argument --time: '0' must be above 0 (SLURM reads 0 as no limit): give the job's "
+                      "length, e.g. 24:00:00"),
+    (["--time", "0-00:00"], "argument --time: '0-00:00' must be above 0"),
+    (["--nodes", "0"], "submit.py: argument --nodes: must be >= 1"),
+    (["--gpus-per-node", "0"], "--gpus-per-node 0 requests no GPU, but trainer.accelerator 'gpu' ("
+                               f"{REPO / 'configs' / 'base' / 'trainer_gpu.yaml'}) runs on GPUs: pass "
+                               "--gpus-per-node 1 or more, or trainer.accelerator=cpu"),
+], ids=["time-0", "time-0-days", "nodes-0", "gpus-0-cuda-trainer"])
+def test_zero_values_are_refused_in_one_line_and_nothing_is_written_or_submitted(tmp_path, args, message):
+    """Not a dry run: a refusal comes before anything is written or handed to sbatch."""
+    rc, out, err = submit_here(*args, f"run.root={tmp_path / 'runs'}")
+    assert rc == 2, (out, err)
+    assert err.count("\n") == 1 and message in err, err
+    assert out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_a_slurm_section_that_disagrees_with_the_trainer_is_refused_naming_both_keys(tmp_path):
+    config = tmp_path / "disagree.yaml"
+    config.write_text(f"base: [{GPU_CONFIG}]\nslurm: {{gpus_per_node: 4, nodes: 2}}\n"
+                      "trainer: {devices: 8, num_nodes: 1}\n")
+    rc, out, err = submit_here("--dry-run", f"run.root={tmp_path}", config=config)
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [
+        f"slurm.gpus_per_node 4 ({config}) and trainer.devices 8 ({config}) disagree (one task per GPU): make them "
+        "equal, or pass --gpus-per-node G, which decides for both",
+        f"slurm.nodes 2 ({config}) and trainer.num_nodes 1 ({config}) disagree: make them equal, or pass --nodes N, "
+        "which decides for both"]
+    # a flag decides for both; a flag beside a disagreeing trainer key on the command line is refused
+    rc, out, err = submit_here("--dry-run", "--gpus-per-node", "4", "--nodes", "2", f"run.root={tmp_path}",
+                               config=config)
+    assert rc == 0, err
+    assert sbatch_lines(out)["--gpus-per-node"] == "4"
+    rc, out, err = submit_here("--dry-run", "--gpus-per-node", "2", "trainer.devices=8", f"run.root={tmp_path}")
+    assert rc == 2 and err.startswith("--gpus-per-node 2 and trainer.devices 8 (command line) disagree"), err
+
+
+def test_help_prints_the_whole_usage():
+    result = subprocess.run([sys.executable, str(SUBMIT), "--help"], capture_output=True, text=True, timeout=60,
+                            env=submit_env())
+    assert result.returncode == 0, result.stderr
+    usage = ("python launch/submit.py --config FILE [--nodes N] [--gpus-per-node G] [--time T] [--partition P] "
+             "[--dry-run]")
+    assert usage in result.stdout and "[key=value ...]" in result.stdout
+    assert "`trainer.devices` GPUs per node (one task each)" in result.stdout
+    assert "refused with one line naming both keys" in result.stdout
 
 
 def test_scancel_stops_the_job_without_requeue(partition, tmp_path):
