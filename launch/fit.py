@@ -79,6 +79,7 @@ class PreparedRun:
     loaded: LoadedConfig
     run_dir: Any
     ckpt_path: Path | None
+    resume_step: int | None
     model: Any
     datamodule: Any
     trainer: Any
@@ -99,7 +100,7 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
     model, datamodule = build(loaded, "model"), build(loaded, "data")
     trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG, resume_step=resume_step)
-    return PreparedRun(loaded, run_dir, ckpt_path, model, datamodule, trainer, preemption)
+    return PreparedRun(loaded, run_dir, ckpt_path, resume_step, model, datamodule, trainer, preemption)
 
 
 def fit_run(prepared: PreparedRun) -> int:
@@ -109,8 +110,8 @@ def fit_run(prepared: PreparedRun) -> int:
     trainer, run_dir, ckpt_path, preemption = prepared.trainer, prepared.run_dir, prepared.ckpt_path, prepared.preemption
     if trainer.is_global_zero:
         run_dir.save_config(OmegaConf.to_yaml(prepared.loaded.cfg))
-        run_dir.write_status("running", global_step=None, resumed_from=str(ckpt_path) if ckpt_path else None,
-                             slurm_job_id=slurm_job_id())
+        run_dir.write_status("running", global_step=prepared.resume_step or 0,
+                             resumed_from=str(ckpt_path) if ckpt_path else None, slurm_job_id=slurm_job_id())
     if ckpt_path:
         log.warning("resuming from %s", ckpt_path)
 

@@ -106,8 +106,15 @@ class RunDir:
             return {}
 
     def write_status(self, state: str, **fields: Any) -> None:
+        self._write_status({"state": state, "updated": None, **fields})  # `updated` is set on writing
+
+    def update_status(self, **fields: Any) -> None:
+        """Change some fields of status.json and keep the others (state, what the run resumed from, SLURM job)."""
+        self._write_status({**self.status(), **fields})
+
+    def _write_status(self, record: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+        record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
 
     def candidates(self) -> list[Path]:

@@ -46,6 +46,18 @@ def wait_for_step_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Pope
     raise AssertionError("no checkpoint in time")
 
 
+def wait_for_status_step(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """status.json once it names a step >= min_step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "status.json").is_file() and (status(run_dir).get("global_step") or 0) >= min_step:
+            return status(run_dir)
+        if proc.poll() is not None:
+            raise AssertionError(f"fit ended early:\n{proc.stdout.read()}")
+        time.sleep(0.01)
+    raise AssertionError(f"status.json did not reach step {min_step} in time")
+
+
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
@@ -117,7 +129,11 @@ def test_truncated_checkpoint_is_never_picked(reference, tmp_path):
 def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, sig):
     run_dir = tmp_path / "pre"
     proc = start_fit(*args(tmp_path, "pre"))
-    wait_for_step_checkpoint(run_dir, 10, proc)
+    # status.json follows the step checkpoints (every 5 steps) while the run goes on
+    first = wait_for_status_step(run_dir, 5, proc)
+    second = wait_for_status_step(run_dir, first["global_step"] + 5, proc)
+    assert first["state"] == second["state"] == "running", (first, second)
+    assert first["global_step"] % 5 == 0 and second["global_step"] % 5 == 0, (first, second)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out

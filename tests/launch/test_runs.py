@@ -50,6 +50,15 @@ def test_finished_run_refused_by_auto_but_explicit_path_allowed(tmp_path):
     assert resolve_resume(run, str(run.last_checkpoint)) == (run.last_checkpoint, 50)
 
 
+def test_update_status_changes_the_fields_given_and_keeps_the_others(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.write_status("running", global_step=0, resumed_from=None, slurm_job_id="7")
+    run.update_status(global_step=25)
+    assert run.status() == {"state": "running", "updated": run.status()["updated"], "global_step": 25,
+                            "resumed_from": None, "slurm_job_id": "7"}
+    assert [p.name for p in run.path.iterdir()] == ["status.json"]  # written atomically: no temporary file left
+
+
 def test_save_config_keeps_a_different_earlier_config(tmp_path):
     run = RunDir(tmp_path / "r")
     run.save_config("a: 1\n")
