@@ -105,7 +105,7 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
 
 def fit_run(prepared: PreparedRun) -> int:
     """Fit, keeping status.json current; after a preemption, requeue the SLURM job if it asked for it."""
-    from launch.trainer import slurm_job_id
+    from launch.trainer import slurm_job_id, stopping_limit
 
     trainer, run_dir, ckpt_path, preemption = prepared.trainer, prepared.run_dir, prepared.ckpt_path, prepared.preemption
     if trainer.is_global_zero:
@@ -141,7 +141,7 @@ def fit_run(prepared: PreparedRun) -> int:
             run_dir.write_status("interrupted", global_step=trainer.global_step)
         return 1
     if trainer.is_global_zero:
-        run_dir.write_status("finished", global_step=trainer.global_step)
+        run_dir.write_status("finished", global_step=trainer.global_step, stopped_by=stopping_limit(trainer))
     return 0
 
 

@@ -157,9 +157,11 @@ def resolve_resume(run_dir: RunDir, resume: str) -> tuple[Path, int] | None:
     if resume == "auto":
         status = run_dir.status()
         if status.get("state") == "finished":
-            raise UsageError(f"{run_dir.status_file}: run finished at step {status.get('global_step')}; "
-                             f"to train further pass --resume {run_dir.last_checkpoint} with a higher "
-                             "trainer.max_steps, or start a new run.name")
+            limit = status.get("stopped_by")  # the Trainer limit that ended it; None when a callback stopped it
+            reached, higher = (f" ({limit} reached)", f" with a higher {limit}") if limit else ("", "")
+            raise UsageError(f"{run_dir.status_file}: run finished at step {status.get('global_step')}{reached}; "
+                             f"to train further pass --resume {run_dir.last_checkpoint}{higher}, "
+                             "or start a new run.name")
         return run_dir.newest_complete_checkpoint()
     path = Path(resume)
     if not path.exists():

@@ -216,6 +216,16 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
     return trainer, preemption
 
 
+def stopping_limit(trainer: Any) -> str | None:
+    """The Trainer limit that ended a fit, checked in the order of Lightning's fit loop (max_steps first); None when
+    something else stopped it (a callback such as EarlyStopping, or trainer.max_time)."""
+    for key, reached, limit in (("trainer.max_steps", trainer.global_step, trainer.max_steps),
+                                ("trainer.max_epochs", trainer.current_epoch, trainer.max_epochs)):
+        if limit not in (None, -1) and reached >= limit:
+            return key
+    return None
+
+
 def slurm_job_id() -> str | None:
     array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     if array_job and array_task:

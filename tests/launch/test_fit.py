@@ -81,7 +81,8 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_fit_on_cpu_runs_to_max_steps(reference):
-    assert status(reference) == {**status(reference), "state": "finished", "global_step": MAX_STEPS}
+    assert status(reference) == {**status(reference), "state": "finished", "global_step": MAX_STEPS,
+                                 "stopped_by": "trainer.max_steps"}
     assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
     step_ckpts = sorted(p.name for p in (reference / "checkpoints").glob("step-*.ckpt"))
     assert step_ckpts == ["step-00000115.ckpt", "step-00000120.ckpt"]  # keep_last_k=2
@@ -93,8 +94,32 @@ def test_fit_on_cpu_runs_to_max_steps(reference):
 def test_finished_run_is_not_restarted_silently(reference):
     result = run_fit(*args(reference.parent, reference.name))
     assert result.returncode == 2
-    assert "run finished at step 120" in result.stderr and "--resume" in result.stderr
+    assert result.stderr == (f"{reference / 'status.json'}: run finished at step 120 (trainer.max_steps reached); to "
+                             f"train further pass --resume {reference / 'checkpoints' / 'last.ckpt'} with a higher "
+                             "trainer.max_steps, or start a new run.name\n")
     assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+@pytest.fixture(scope="module")
+def epoch_limited(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A run limited by epochs only (two of 10 batches)."""
+    root = tmp_path_factory.mktemp("epochs")
+    result = run_fit("--config", str(DEMO_CONFIG), f"run.root={root}", "run.name=epochs", "trainer.max_steps=-1",
+                     "trainer.max_epochs=2", "data.params.num_train=320")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "epochs", result
+
+
+def test_epoch_limited_run_finishes_and_is_refused_naming_max_epochs(epoch_limited):
+    run_dir = epoch_limited[0]
+    assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": 20,
+                               "stopped_by": "trainer.max_epochs"}
+    again = run_fit("--config", str(DEMO_CONFIG), f"run.root={run_dir.parent}", "run.name=epochs",
+                    "trainer.max_steps=-1", "trainer.max_epochs=2", "data.params.num_train=320")
+    assert again.returncode == 2
+    assert again.stderr == (f"{run_dir / 'status.json'}: run finished at step 20 (trainer.max_epochs reached); to train "
+                            f"further pass --resume {run_dir / 'checkpoints' / 'last.ckpt'} with a higher "
+                            "trainer.max_epochs, or start a new run.name\n")
 
 
 def test_resume_never_refuses_to_overwrite(reference):
