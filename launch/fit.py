@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import subprocess
 import sys
@@ -103,8 +104,9 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
     return PreparedRun(loaded, run_dir, ckpt_path, resume_step, model, datamodule, trainer, preemption)
 
 
-def fit_run(prepared: PreparedRun) -> int:
-    """Fit, keeping status.json current; after a preemption, requeue the SLURM job if it asked for it."""
+def fit_run(prepared: PreparedRun, resume_command: str | None = None) -> int:
+    """Fit, keeping status.json current, and say where the results are; after a preemption, requeue the SLURM job if it
+    asked for it. `resume_command` is printed when the run stopped early (default: run the same command again)."""
     from launch.trainer import slurm_job_id, stopping_limit
 
     trainer, run_dir, ckpt_path, preemption = prepared.trainer, prepared.run_dir, prepared.ckpt_path, prepared.preemption
@@ -122,27 +124,41 @@ def fit_run(prepared: PreparedRun) -> int:
             run_dir.write_status("failed", global_step=trainer.global_step)
         raise
 
-    if preemption.preempted_at_step is not None:
+    step = preemption.preempted_at_step
+    to_resume = f"to resume: {resume_command or 'run the same command again'}"
+    if step is not None:
         job = slurm_job_id()
         if trainer.is_global_zero:
-            run_dir.write_status("preempted", global_step=preemption.preempted_at_step, slurm_job_id=job)
+            run_dir.write_status("preempted", global_step=step, slurm_job_id=job)
             if job and SIGNAL_FLAG.received == signal.SIGUSR1:
                 # SIGUSR1 is the time-limit warning of `--signal=USR1@LEAD`; SIGTERM comes from scancel (the user
                 # wants the job gone) or from SLURM's own preemption (which requeues by itself): no requeue then.
                 # Last action of the job: requeueing makes SLURM stop this allocation.
-                print(f"preempted at step {preemption.preempted_at_step}; requeueing SLURM job {job}", flush=True)
+                report(run_dir, f"preempted at step {step}; requeueing SLURM job {job}")
                 subprocess.run(["scontrol", "requeue", job], check=False)
             else:
-                print(f"preempted at step {preemption.preempted_at_step}; checkpoint {run_dir.last_checkpoint}; "
-                      f"run the same command again to resume", flush=True)
+                report(run_dir, f"preempted at step {step}", to_resume)
         return 0
     if trainer.interrupted:
         if trainer.is_global_zero:
             run_dir.write_status("interrupted", global_step=trainer.global_step)
         return 1
     if trainer.is_global_zero:
-        run_dir.write_status("finished", global_step=trainer.global_step, stopped_by=stopping_limit(trainer))
+        limit = stopping_limit(trainer)
+        run_dir.write_status("finished", global_step=trainer.global_step, stopped_by=limit)
+        report(run_dir, f"finished at step {trainer.global_step}" + (f" ({limit} reached)" if limit else ""))
     return 0
+
+
+def report(run_dir: Any, headline: str, *after: str) -> None:
+    """The last lines of a fit: what happened, where the results are, then `after`."""
+    print("\n".join([headline, *run_dir.result_lines(), *after]), flush=True)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this run: the one typed, with --resume auto (the default) for any --resume given."""
+    invocation = sys.orig_argv[:len(sys.orig_argv) - len(sys.argv) + 1]  # the interpreter, its options, this script
+    return shlex.join([*invocation, "--config", args.config, *args.overrides])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -155,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"#   {key}: {target}")
         return 0
     try:
-        return fit_run(prepare_run(loaded, args.resume))
+        return fit_run(prepare_run(loaded, args.resume), resume_command(args))
     finally:
         close_process_group()
 

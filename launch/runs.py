@@ -99,6 +99,11 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / LAST
 
+    @property
+    def benchmark_table(self) -> Path:
+        """The benchmark table a method's callback may keep up to date in the run directory."""
+        return self.path / "benchmark.md"
+
     def status(self) -> dict:
         try:
             return json.loads(self.status_file.read_text())
@@ -116,6 +121,14 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
+
+    def result_lines(self) -> list[str]:
+        """Where the run's results are, one indented `what  path` line each: printed when a fit ends."""
+        places = [("run dir", self.path), ("checkpoint", self.last_checkpoint)]
+        if self.benchmark_table.is_file():
+            places.append(("benchmark", self.benchmark_table))
+        places.append(("logs", self.logs))
+        return [f"  {what:<11} {path}" for what, path in places]
 
     def candidates(self) -> list[Path]:
         if not self.checkpoints.is_dir():

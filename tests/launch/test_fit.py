@@ -4,6 +4,7 @@ resume: tests/test_method_contract.py, for every method)."""
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -58,6 +59,12 @@ def wait_for_status_step(run_dir: Path, min_step: int, proc: subprocess.Popen, t
     raise AssertionError(f"status.json did not reach step {min_step} in time")
 
 
+def results(run_dir: Path) -> list[str]:
+    """The lines that follow a fit's last headline: where its results are."""
+    return [f"  run dir     {run_dir}", f"  checkpoint  {run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"  logs        {run_dir / 'logs'}"]
+
+
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
@@ -72,12 +79,17 @@ def status(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run of the same config."""
+def reference_fit(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """An uninterrupted run of the same config: its directory and how the fit ended."""
     root = tmp_path_factory.mktemp("reference")
     result = run_fit(*args(root, "ref"))
     assert result.returncode == 0, result.stdout + result.stderr
-    return root / "ref"
+    return root / "ref", result
+
+
+@pytest.fixture(scope="module")
+def reference(reference_fit) -> Path:
+    return reference_fit[0]
 
 
 def test_fit_on_cpu_runs_to_max_steps(reference):
@@ -89,6 +101,12 @@ def test_fit_on_cpu_runs_to_max_steps(reference):
     assert (reference / "config.yaml").is_file() and "max_steps: 120" in (reference / "config.yaml").read_text()
     assert (reference / "logs" / "csv" / "metrics.csv").is_file()
     assert list((reference / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_finished_run_ends_by_saying_where_its_results_are(reference_fit):
+    reference, result = reference_fit
+    assert result.stdout.splitlines()[-4:] == [f"finished at step {MAX_STEPS} (trainer.max_steps reached)",
+                                               *results(reference)]
 
 
 def test_finished_run_is_not_restarted_silently(reference):
@@ -111,7 +129,8 @@ def epoch_limited(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
 
 
 def test_epoch_limited_run_finishes_and_is_refused_naming_max_epochs(epoch_limited):
-    run_dir = epoch_limited[0]
+    run_dir, fit = epoch_limited
+    assert fit.stdout.splitlines()[-4:] == ["finished at step 20 (trainer.max_epochs reached)", *results(run_dir)]
     assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": 20,
                                "stopped_by": "trainer.max_epochs"}
     again = run_fit("--config", str(DEMO_CONFIG), f"run.root={run_dir.parent}", "run.name=epochs",
@@ -165,7 +184,11 @@ def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, 
     state = status(run_dir)
     assert state["state"] == "preempted" and 10 <= state["global_step"] < MAX_STEPS, (state, out)
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == state["global_step"]
-    assert "preempted at step" in out
+    # the last lines: what happened, where the results are, and the command that resumes (the same one)
+    *last, resume = out.splitlines()[-5:]
+    assert last == [f"preempted at step {state['global_step']}", *results(run_dir)], out
+    assert shlex.split(resume) == ["to", "resume:", sys.executable, str(REPO / "launch" / "fit.py"),
+                                   *args(tmp_path, "pre")]
     result = run_fit(*args(tmp_path, "pre"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": MAX_STEPS}

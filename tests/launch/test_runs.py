@@ -74,6 +74,15 @@ def test_update_status_changes_the_fields_given_and_keeps_the_others(tmp_path):
     assert [p.name for p in run.path.iterdir()] == ["status.json"]  # written atomically: no temporary file left
 
 
+def test_result_lines_name_the_benchmark_table_when_there_is_one(tmp_path):
+    run = RunDir(tmp_path / "r")
+    places = [f"  run dir     {run.path}", f"  checkpoint  {run.last_checkpoint}", f"  logs        {run.logs}"]
+    assert run.result_lines() == places
+    run.path.mkdir()
+    (run.path / "benchmark.md").write_text("| method |\n")
+    assert run.result_lines() == [*places[:2], f"  benchmark   {run.path / 'benchmark.md'}", places[2]]
+
+
 def test_save_config_keeps_a_different_earlier_config(tmp_path):
     run = RunDir(tmp_path / "r")
     run.save_config("a: 1\n")
