@@ -42,7 +42,7 @@ class Preemption(Callback):
             return
         signame = signal.Signals(self.flag.received).name if self.flag.received else "a signal on another rank"
         log.warning("preemption (%s): saving %s at step %d", signame, self.checkpoint_path, trainer.global_step)
-        trainer.save_checkpoint(self.checkpoint_path)
+        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         self.preempted_at_step = trainer.global_step
         trainer.should_stop = True
 

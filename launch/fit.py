@@ -27,6 +27,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from launch import cli  # noqa: E402
 from launch.config import (  # noqa: E402
     ConfigIssue, LoadedConfig, check_nested, check_sections, check_target_node, load_config, targets_in)
+from launch.known_warnings import silence_harmless_warnings  # noqa: E402
 
 log = logging.getLogger("worldbridge.fit")
 
@@ -186,6 +187,7 @@ def close_process_group() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_harmless_warnings()
     return cli.main(lambda: run(parse_args(argv)), PROG)
 
 

@@ -120,10 +120,16 @@ def test_finished_run_is_not_restarted_silently(reference):
 
 @pytest.fixture(scope="module")
 def epoch_limited(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """A run limited by epochs only (two of 10 batches)."""
+    """A run limited by epochs only (two of 10 batches), with `srun` on PATH (as on a cluster's login node) and a
+    logging interval longer than an epoch, which Lightning warns about."""
     root = tmp_path_factory.mktemp("epochs")
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
     result = run_fit("--config", str(DEMO_CONFIG), f"run.root={root}", "run.name=epochs", "trainer.max_steps=-1",
-                     "trainer.max_epochs=2", "data.params.num_train=320")
+                     "trainer.max_epochs=2", "data.params.num_train=320", "trainer.log_every_n_steps=100",
+                     env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert result.returncode == 0, result.stdout + result.stderr
     return root / "epochs", result
 
@@ -139,6 +145,16 @@ def test_epoch_limited_run_finishes_and_is_refused_naming_max_epochs(epoch_limit
     assert again.stderr == (f"{run_dir / 'status.json'}: run finished at step 20 (trainer.max_epochs reached); to train "
                             f"further pass --resume {run_dir / 'checkpoints' / 'last.ckpt'} with a higher "
                             "trainer.max_epochs, or start a new run.name\n")
+
+
+def test_known_harmless_library_warnings_are_silenced_and_others_still_show(epoch_limited):
+    stderr = epoch_limited[1].stderr
+    for harmless in ("The `srun` command is available on your system but is not used",
+                     "Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+                     "`isinstance(treespec, LeafSpec)` is deprecated", "`weights_only` was not set"):
+        assert harmless not in stderr, stderr
+    # another of Lightning's PossibleUserWarnings, like the srun hint
+    assert "The number of training batches (10) is smaller than the logging interval" in stderr, stderr
 
 
 def test_resume_never_refuses_to_overwrite(reference):
