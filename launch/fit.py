@@ -1,6 +1,8 @@
 """Train a model from a YAML config: `python launch/fit.py --config FILE [--resume auto|never|PATH] [--dry-run] [key=value ...]`.
 
 The whole config is checked before anything is built; problems are printed one per line and exit with code 2.
+A preemption (SIGUSR1, SIGTERM) or Ctrl-C saves last.ckpt at the next step boundary and stops, with exit code 0, or
+130 after Ctrl-C (a second Ctrl-C stops at once); callbacks/preemption.py.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Sequence
 
 from callbacks.signals import SignalFlag
 
-# Installed before the heavy imports: a preemption signal that arrives while the job is still starting is
+# Installed before the heavy imports: a preemption signal or a Ctrl-C that arrives while the job is still starting is
 # recorded (and acted upon at the first step boundary) instead of killing the process.
 SIGNAL_FLAG = SignalFlag()
 SIGNAL_FLAG.install()
@@ -33,6 +35,7 @@ log = logging.getLogger("worldbridge.fit")
 
 
 PROG = "fit.py"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -107,7 +110,8 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
 
 def fit_run(prepared: PreparedRun, resume_command: str | None = None) -> int:
     """Fit, keeping status.json current, and say where the results are; after a preemption, requeue the SLURM job if it
-    asked for it. `resume_command` is printed when the run stopped early (default: run the same command again)."""
+    asked for it. Exit code 0, or INTERRUPTED_EXIT after Ctrl-C. `resume_command` is printed when the run stopped
+    early (default: run the same command again)."""
     from launch.trainer import slurm_job_id, stopping_limit
 
     trainer, run_dir, ckpt_path, preemption = prepared.trainer, prepared.run_dir, prepared.ckpt_path, prepared.preemption
@@ -125,29 +129,30 @@ def fit_run(prepared: PreparedRun, resume_command: str | None = None) -> int:
             run_dir.write_status("failed", global_step=trainer.global_step)
         raise
 
-    step = preemption.preempted_at_step
+    step = preemption.stopped_at_step
     to_resume = f"to resume: {resume_command or 'run the same command again'}"
-    if step is not None:
-        job = slurm_job_id()
+    if step is None:
         if trainer.is_global_zero:
-            run_dir.write_status("preempted", global_step=step, slurm_job_id=job)
-            if job and SIGNAL_FLAG.received == signal.SIGUSR1:
-                # SIGUSR1 is the time-limit warning of `--signal=USR1@LEAD`; SIGTERM comes from scancel (the user
-                # wants the job gone) or from SLURM's own preemption (which requeues by itself): no requeue then.
-                # Last action of the job: requeueing makes SLURM stop this allocation.
-                report(run_dir, f"preempted at step {step}; requeueing SLURM job {job}")
-                subprocess.run(["scontrol", "requeue", job], check=False)
-            else:
-                report(run_dir, f"preempted at step {step}", to_resume)
+            limit = stopping_limit(trainer)
+            run_dir.write_status("finished", global_step=trainer.global_step, stopped_by=limit)
+            report(run_dir, f"finished at step {trainer.global_step}" + (f" ({limit} reached)" if limit else ""))
         return 0
-    if trainer.interrupted:
+    if preemption.interrupted:
         if trainer.is_global_zero:
-            run_dir.write_status("interrupted", global_step=trainer.global_step)
-        return 1
+            run_dir.write_status("interrupted", global_step=step)
+            report(run_dir, f"interrupted at step {step}", to_resume)
+        return INTERRUPTED_EXIT
+    job = slurm_job_id()
     if trainer.is_global_zero:
-        limit = stopping_limit(trainer)
-        run_dir.write_status("finished", global_step=trainer.global_step, stopped_by=limit)
-        report(run_dir, f"finished at step {trainer.global_step}" + (f" ({limit} reached)" if limit else ""))
+        run_dir.write_status("preempted", global_step=step, slurm_job_id=job)
+        if job and preemption.stop_signal == signal.SIGUSR1:
+            # SIGUSR1 is the time-limit warning of `--signal=USR1@LEAD`; SIGTERM comes from scancel (the user
+            # wants the job gone) or from SLURM's own preemption (which requeues by itself): no requeue then.
+            # Last action of the job: requeueing makes SLURM stop this allocation.
+            report(run_dir, f"preempted at step {step}; requeueing SLURM job {job}")
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        else:
+            report(run_dir, f"preempted at step {step}", to_resume)
     return 0
 
 

@@ -29,10 +29,12 @@ def args(root: Path, name: str, *extra: str) -> list[str]:
     return ["--config", str(DEMO_CONFIG), f"run.root={root}", f"run.name={name}", f"trainer.max_steps={MAX_STEPS}", *SLOW, *extra]
 
 
-def start_fit(*fit_args: str) -> subprocess.Popen:
+def start_fit(*fit_args: str, new_session: bool = False) -> subprocess.Popen:
+    """launch/fit.py started in the background; `new_session`: in a process group of its own, as a terminal runs a
+    command (a Ctrl-C there reaches every process of the group)."""
     return subprocess.Popen([sys.executable, str(REPO / "launch" / "fit.py"), *fit_args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=new_session)
 
 
 def wait_for_step_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -185,8 +187,11 @@ def test_truncated_checkpoint_is_never_picked(reference, tmp_path):
     assert RunDir(run_dir).newest_complete_checkpoint() == (run_dir / "checkpoints" / "step-00000115.ckpt", 115)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, sig):
+@pytest.mark.parametrize(("sig", "stopped", "returncode"), [(signal.SIGUSR1, "preempted", 0),
+                                                            (signal.SIGTERM, "preempted", 0),
+                                                            (signal.SIGINT, "interrupted", 130)],
+                         ids=["SIGUSR1", "SIGTERM", "SIGINT"])
+def test_stop_signal_saves_stops_and_resumes_exactly(reference, tmp_path, sig, stopped, returncode):
     run_dir = tmp_path / "pre"
     proc = start_fit(*args(tmp_path, "pre"))
     # status.json follows the step checkpoints (every 5 steps) while the run goes on
@@ -196,13 +201,13 @@ def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, 
     assert first["global_step"] % 5 == 0 and second["global_step"] % 5 == 0, (first, second)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == returncode, out
     state = status(run_dir)
-    assert state["state"] == "preempted" and 10 <= state["global_step"] < MAX_STEPS, (state, out)
+    assert state["state"] == stopped and 10 <= state["global_step"] < MAX_STEPS, (state, out)
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == state["global_step"]
     # the last lines: what happened, where the results are, and the command that resumes (the same one)
     *last, resume = out.splitlines()[-5:]
-    assert last == [f"preempted at step {state['global_step']}", *results(run_dir)], out
+    assert last == [f"{stopped} at step {state['global_step']}", *results(run_dir)], out
     assert shlex.split(resume) == ["to", "resume:", sys.executable, str(REPO / "launch" / "fit.py"),
                                    *args(tmp_path, "pre")]
     result = run_fit(*args(tmp_path, "pre"))
@@ -232,3 +237,35 @@ def test_ddp_two_processes_preempted_on_one_rank_resumes_to_max_steps(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert status(run_dir)["state"] == "finished" and status(run_dir)["global_step"] == MAX_STEPS
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+def test_ddp_two_processes_ctrl_c_stops_both_ranks_saves_and_resumes(tmp_path):
+    ddp = ["trainer.strategy=ddp", "trainer.devices=2"]
+    run_dir = tmp_path / "ddp"
+    proc = start_fit(*args(tmp_path, "ddp", *ddp), new_session=True)
+    wait_for_status_step(run_dir, 10, proc, timeout=180)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: both ranks receive it
+    # the output ends when every process writing to it (rank 1 is rank 0's child) has ended
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    state = status(run_dir)
+    assert state["state"] == "interrupted" and 10 <= state["global_step"] < MAX_STEPS, (state, out)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == state["global_step"]
+    saving = f"interrupted (SIGINT): saving {run_dir / 'checkpoints' / 'last.ckpt'} at step {state['global_step']}"
+    assert out.count(saving) == 2 and "Traceback" not in out, out  # both ranks, at the same step
+    result = run_fit(*args(tmp_path, "ddp", *ddp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status(run_dir)["state"] == "finished" and status(run_dir)["global_step"] == MAX_STEPS
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+def test_a_second_ctrl_c_ends_the_process_at_once():
+    """The first Ctrl-C is recorded (over a preemption signal: a person stopping the run is not requeued); the second
+    ends the process there and then, as the signal's default does."""
+    code = ("import signal; from callbacks.signals import SignalFlag; flag = SignalFlag(); flag.install(); "
+            "signal.raise_signal(signal.SIGUSR1); print(flag.received, flush=True); "
+            "signal.raise_signal(signal.SIGINT); print(flag.received, flush=True); "
+            "signal.raise_signal(signal.SIGINT); print('still running')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGINT, result.stdout + result.stderr
+    assert result.stdout.split() == [str(int(signal.SIGUSR1)), str(int(signal.SIGINT))]
