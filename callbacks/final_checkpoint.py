@@ -24,9 +24,11 @@ class FinalCheckpoint(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if 0 <= trainer.max_steps <= trainer.global_step and self._saved_step != trainer.global_step:
-            trainer.save_checkpoint(self.checkpoint_path)
+            # weights_only=False: the whole resumable state (Lightning's default; said, so that it does not log the
+            # default it took)
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # every rank reaches on_train_end, so the save stays collective under sharded strategies
         if self._saved_step != trainer.global_step:
-            trainer.save_checkpoint(self.checkpoint_path)
+            trainer.save_checkpoint(self.checkpoint_path, weights_only=False)

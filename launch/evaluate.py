@@ -55,6 +55,7 @@ from datamodules.benchmarks.scoring import (collect_responses, parse_split_file,
 from datamodules.errors import UsageError, first_line  # noqa: E402
 from launch import cli  # noqa: E402
 from launch import config as configs  # noqa: E402
+from launch.known_warnings import silence_harmless_warnings  # noqa: E402
 
 PROG = "evaluate.py"
 
@@ -391,6 +392,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_harmless_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
 
     def work() -> int:

@@ -1,12 +1,15 @@
 """Train a model from a YAML config: `python launch/fit.py --config FILE [--resume auto|never|PATH] [--dry-run] [key=value ...]`.
 
 The whole config is checked before anything is built; problems are printed one per line and exit with code 2.
+A preemption (SIGUSR1, SIGTERM) or Ctrl-C saves last.ckpt at the next step boundary and stops, with exit code 0, or
+130 after Ctrl-C (a second Ctrl-C stops at once); callbacks/preemption.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import signal
 import subprocess
 import sys
@@ -16,7 +19,7 @@ from typing import Any, Sequence
 
 from callbacks.signals import SignalFlag
 
-# Installed before the heavy imports: a preemption signal that arrives while the job is still starting is
+# Installed before the heavy imports: a preemption signal or a Ctrl-C that arrives while the job is still starting is
 # recorded (and acted upon at the first step boundary) instead of killing the process.
 SIGNAL_FLAG = SignalFlag()
 SIGNAL_FLAG.install()
@@ -26,11 +29,13 @@ from omegaconf import OmegaConf  # noqa: E402
 from launch import cli  # noqa: E402
 from launch.config import (  # noqa: E402
     ConfigIssue, LoadedConfig, check_nested, check_sections, check_target_node, load_config, targets_in)
+from launch.known_warnings import silence_harmless_warnings  # noqa: E402
 
 log = logging.getLogger("worldbridge.fit")
 
 
 PROG = "fit.py"
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -79,6 +84,7 @@ class PreparedRun:
     loaded: LoadedConfig
     run_dir: Any
     ckpt_path: Path | None
+    resume_step: int | None
     model: Any
     datamodule: Any
     trainer: Any
@@ -99,18 +105,20 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
     model, datamodule = build(loaded, "model"), build(loaded, "data")
     trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG, resume_step=resume_step)
-    return PreparedRun(loaded, run_dir, ckpt_path, model, datamodule, trainer, preemption)
+    return PreparedRun(loaded, run_dir, ckpt_path, resume_step, model, datamodule, trainer, preemption)
 
 
-def fit_run(prepared: PreparedRun) -> int:
-    """Fit, keeping status.json current; after a preemption, requeue the SLURM job if it asked for it."""
-    from launch.trainer import slurm_job_id
+def fit_run(prepared: PreparedRun, resume_command: str | None = None) -> int:
+    """Fit, keeping status.json current, and say where the results are; after a preemption, requeue the SLURM job if it
+    asked for it. Exit code 0, or INTERRUPTED_EXIT after Ctrl-C. `resume_command` is printed when the run stopped
+    early (default: run the same command again)."""
+    from launch.trainer import slurm_job_id, stopping_limit
 
     trainer, run_dir, ckpt_path, preemption = prepared.trainer, prepared.run_dir, prepared.ckpt_path, prepared.preemption
     if trainer.is_global_zero:
         run_dir.save_config(OmegaConf.to_yaml(prepared.loaded.cfg))
-        run_dir.write_status("running", global_step=None, resumed_from=str(ckpt_path) if ckpt_path else None,
-                             slurm_job_id=slurm_job_id())
+        run_dir.write_status("running", global_step=prepared.resume_step or 0,
+                             resumed_from=str(ckpt_path) if ckpt_path else None, slurm_job_id=slurm_job_id())
     if ckpt_path:
         log.warning("resuming from %s", ckpt_path)
 
@@ -121,27 +129,42 @@ def fit_run(prepared: PreparedRun) -> int:
             run_dir.write_status("failed", global_step=trainer.global_step)
         raise
 
-    if preemption.preempted_at_step is not None:
-        job = slurm_job_id()
+    step = preemption.stopped_at_step
+    to_resume = f"to resume: {resume_command or 'run the same command again'}"
+    if step is None:
         if trainer.is_global_zero:
-            run_dir.write_status("preempted", global_step=preemption.preempted_at_step, slurm_job_id=job)
-            if job and SIGNAL_FLAG.received == signal.SIGUSR1:
-                # SIGUSR1 is the time-limit warning of `--signal=USR1@LEAD`; SIGTERM comes from scancel (the user
-                # wants the job gone) or from SLURM's own preemption (which requeues by itself): no requeue then.
-                # Last action of the job: requeueing makes SLURM stop this allocation.
-                print(f"preempted at step {preemption.preempted_at_step}; requeueing SLURM job {job}", flush=True)
-                subprocess.run(["scontrol", "requeue", job], check=False)
-            else:
-                print(f"preempted at step {preemption.preempted_at_step}; checkpoint {run_dir.last_checkpoint}; "
-                      f"run the same command again to resume", flush=True)
+            limit = stopping_limit(trainer)
+            run_dir.write_status("finished", global_step=trainer.global_step, stopped_by=limit)
+            report(run_dir, f"finished at step {trainer.global_step}" + (f" ({limit} reached)" if limit else ""))
         return 0
-    if trainer.interrupted:
+    if preemption.interrupted:
         if trainer.is_global_zero:
-            run_dir.write_status("interrupted", global_step=trainer.global_step)
-        return 1
+            run_dir.write_status("interrupted", global_step=step)
+            report(run_dir, f"interrupted at step {step}", to_resume)
+        return INTERRUPTED_EXIT
+    job = slurm_job_id()
     if trainer.is_global_zero:
-        run_dir.write_status("finished", global_step=trainer.global_step)
+        run_dir.write_status("preempted", global_step=step, slurm_job_id=job)
+        if job and preemption.stop_signal == signal.SIGUSR1:
+            # SIGUSR1 is the time-limit warning of `--signal=USR1@LEAD`; SIGTERM comes from scancel (the user
+            # wants the job gone) or from SLURM's own preemption (which requeues by itself): no requeue then.
+            # Last action of the job: requeueing makes SLURM stop this allocation.
+            report(run_dir, f"preempted at step {step}; requeueing SLURM job {job}")
+            subprocess.run(["scontrol", "requeue", job], check=False)
+        else:
+            report(run_dir, f"preempted at step {step}", to_resume)
     return 0
+
+
+def report(run_dir: Any, headline: str, *after: str) -> None:
+    """The last lines of a fit: what happened, where the results are, then `after`."""
+    print("\n".join([headline, *run_dir.result_lines(), *after]), flush=True)
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The command that resumes this run: the one typed, with --resume auto (the default) for any --resume given."""
+    invocation = sys.orig_argv[:len(sys.orig_argv) - len(sys.argv) + 1]  # the interpreter, its options, this script
+    return shlex.join([*invocation, "--config", args.config, *args.overrides])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"#   {key}: {target}")
         return 0
     try:
-        return fit_run(prepare_run(loaded, args.resume))
+        return fit_run(prepare_run(loaded, args.resume), resume_command(args))
     finally:
         close_process_group()
 
@@ -169,6 +192,7 @@ def close_process_group() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    silence_harmless_warnings()
     return cli.main(lambda: run(parse_args(argv)), PROG)
 
 

@@ -99,6 +99,11 @@ class RunDir:
     def last_checkpoint(self) -> Path:
         return self.checkpoints / LAST
 
+    @property
+    def benchmark_table(self) -> Path:
+        """The benchmark table a method's callback may keep up to date in the run directory."""
+        return self.path / "benchmark.md"
+
     def status(self) -> dict:
         try:
             return json.loads(self.status_file.read_text())
@@ -106,9 +111,24 @@ class RunDir:
             return {}
 
     def write_status(self, state: str, **fields: Any) -> None:
+        self._write_status({"state": state, "updated": None, **fields})  # `updated` is set on writing
+
+    def update_status(self, **fields: Any) -> None:
+        """Change some fields of status.json and keep the others (state, what the run resumed from, SLURM job)."""
+        self._write_status({**self.status(), **fields})
+
+    def _write_status(self, record: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
-        record = {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+        record["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         atomic_write_text(self.status_file, json.dumps(record, indent=2) + "\n")
+
+    def result_lines(self) -> list[str]:
+        """Where the run's results are, one indented `what  path` line each: printed when a fit ends."""
+        places = [("run dir", self.path), ("checkpoint", self.last_checkpoint)]
+        if self.benchmark_table.is_file():
+            places.append(("benchmark", self.benchmark_table))
+        places.append(("logs", self.logs))
+        return [f"  {what:<11} {path}" for what, path in places]
 
     def candidates(self) -> list[Path]:
         if not self.checkpoints.is_dir():
@@ -150,9 +170,11 @@ def resolve_resume(run_dir: RunDir, resume: str) -> tuple[Path, int] | None:
     if resume == "auto":
         status = run_dir.status()
         if status.get("state") == "finished":
-            raise UsageError(f"{run_dir.status_file}: run finished at step {status.get('global_step')}; "
-                             f"to train further pass --resume {run_dir.last_checkpoint} with a higher "
-                             "trainer.max_steps, or start a new run.name")
+            limit = status.get("stopped_by")  # the Trainer limit that ended it; None when a callback stopped it
+            reached, higher = (f" ({limit} reached)", f" with a higher {limit}") if limit else ("", "")
+            raise UsageError(f"{run_dir.status_file}: run finished at step {status.get('global_step')}{reached}; "
+                             f"to train further pass --resume {run_dir.last_checkpoint}{higher}, "
+                             "or start a new run.name")
         return run_dir.newest_complete_checkpoint()
     path = Path(resume)
     if not path.exists():

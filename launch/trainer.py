@@ -103,6 +103,20 @@ class AtomicDeepSpeedStrategy(DeepSpeedStrategy):
             shutil.rmtree(filepath, ignore_errors=True)
 
 
+class RunTrainer(L.Trainer):
+    """The Trainer of a run: status.json follows its checkpoints (the global step of the newest one)."""
+
+    def __init__(self, run_dir: RunDir, **trainer_args: Any):
+        super().__init__(**trainer_args)
+        self.run_dir = run_dir
+
+    def save_checkpoint(self, filepath: Any, weights_only: bool | None = None, storage_options: Any = None) -> None:
+        super().save_checkpoint(filepath, weights_only, storage_options)
+        # after the save and its barrier, so every rank's part is on disk when status.json names the step
+        if self.is_global_zero:
+            self.run_dir.update_status(global_step=self.global_step)
+
+
 def _wants_cpu(trainer_cfg: dict) -> bool:
     accelerator = str(trainer_cfg.get("accelerator", "auto"))
     return accelerator == "cpu" or (accelerator in ("auto", "gpu", "cuda") and not torch.cuda.is_available())
@@ -157,7 +171,7 @@ def build_strategy(strategy: Any, micro_batch_size: int | None) -> Any:
 
 
 def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag: SignalFlag,
-                  resume_step: int | None = None) -> tuple[L.Trainer, Preemption]:
+                  resume_step: int | None = None) -> tuple[RunTrainer, Preemption]:
     cfg = loaded.cfg
     trainer_cfg = dict(cfg.get("trainer") or {})
     strategy_cfg = trainer_cfg.pop("strategy", "auto")
@@ -188,7 +202,8 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
         # Lightning's own SLURM requeue saves from inside the signal handler; Preemption does it safely instead
         plugins.append(SLURMEnvironment(auto_requeue=False))
 
-    trainer = L.Trainer(
+    trainer = RunTrainer(
+        run_dir,
         **trainer_cfg,
         strategy=build_strategy(strategy_cfg, batch_size),
         default_root_dir=str(run_dir.path),
@@ -199,6 +214,16 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
         enable_checkpointing=True,
     )
     return trainer, preemption
+
+
+def stopping_limit(trainer: Any) -> str | None:
+    """The Trainer limit that ended a fit, checked in the order of Lightning's fit loop (max_steps first); None when
+    something else stopped it (a callback such as EarlyStopping, or trainer.max_time)."""
+    for key, reached, limit in (("trainer.max_steps", trainer.global_step, trainer.max_steps),
+                                ("trainer.max_epochs", trainer.current_epoch, trainer.max_epochs)):
+        if limit not in (None, -1) and reached >= limit:
+            return key
+    return None
 
 
 def slurm_job_id() -> str | None:

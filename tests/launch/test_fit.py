@@ -4,6 +4,7 @@ resume: tests/test_method_contract.py, for every method)."""
 import csv
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -28,10 +29,12 @@ def args(root: Path, name: str, *extra: str) -> list[str]:
     return ["--config", str(DEMO_CONFIG), f"run.root={root}", f"run.name={name}", f"trainer.max_steps={MAX_STEPS}", *SLOW, *extra]
 
 
-def start_fit(*fit_args: str) -> subprocess.Popen:
+def start_fit(*fit_args: str, new_session: bool = False) -> subprocess.Popen:
+    """launch/fit.py started in the background; `new_session`: in a process group of its own, as a terminal runs a
+    command (a Ctrl-C there reaches every process of the group)."""
     return subprocess.Popen([sys.executable, str(REPO / "launch" / "fit.py"), *fit_args], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=new_session)
 
 
 def wait_for_step_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -44,6 +47,24 @@ def wait_for_step_checkpoint(run_dir: Path, min_step: int, proc: subprocess.Pope
             raise AssertionError(f"fit ended early:\n{proc.stdout.read()}")
         time.sleep(0.01)
     raise AssertionError("no checkpoint in time")
+
+
+def wait_for_status_step(run_dir: Path, min_step: int, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """status.json once it names a step >= min_step."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (run_dir / "status.json").is_file() and (status(run_dir).get("global_step") or 0) >= min_step:
+            return status(run_dir)
+        if proc.poll() is not None:
+            raise AssertionError(f"fit ended early:\n{proc.stdout.read()}")
+        time.sleep(0.01)
+    raise AssertionError(f"status.json did not reach step {min_step} in time")
+
+
+def results(run_dir: Path) -> list[str]:
+    """The lines that follow a fit's last headline: where its results are."""
+    return [f"  run dir     {run_dir}", f"  checkpoint  {run_dir / 'checkpoints' / 'last.ckpt'}",
+            f"  logs        {run_dir / 'logs'}"]
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -60,16 +81,22 @@ def status(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """An uninterrupted run of the same config."""
+def reference_fit(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """An uninterrupted run of the same config: its directory and how the fit ended."""
     root = tmp_path_factory.mktemp("reference")
     result = run_fit(*args(root, "ref"))
     assert result.returncode == 0, result.stdout + result.stderr
-    return root / "ref"
+    return root / "ref", result
+
+
+@pytest.fixture(scope="module")
+def reference(reference_fit) -> Path:
+    return reference_fit[0]
 
 
 def test_fit_on_cpu_runs_to_max_steps(reference):
-    assert status(reference) == {**status(reference), "state": "finished", "global_step": MAX_STEPS}
+    assert status(reference) == {**status(reference), "state": "finished", "global_step": MAX_STEPS,
+                                 "stopped_by": "trainer.max_steps"}
     assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
     step_ckpts = sorted(p.name for p in (reference / "checkpoints").glob("step-*.ckpt"))
     assert step_ckpts == ["step-00000115.ckpt", "step-00000120.ckpt"]  # keep_last_k=2
@@ -78,11 +105,58 @@ def test_fit_on_cpu_runs_to_max_steps(reference):
     assert list((reference / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_finished_run_ends_by_saying_where_its_results_are(reference_fit):
+    reference, result = reference_fit
+    assert result.stdout.splitlines()[-4:] == [f"finished at step {MAX_STEPS} (trainer.max_steps reached)",
+                                               *results(reference)]
+
+
 def test_finished_run_is_not_restarted_silently(reference):
     result = run_fit(*args(reference.parent, reference.name))
     assert result.returncode == 2
-    assert "run finished at step 120" in result.stderr and "--resume" in result.stderr
+    assert result.stderr == (f"{reference / 'status.json'}: run finished at step 120 (trainer.max_steps reached); to "
+                             f"train further pass --resume {reference / 'checkpoints' / 'last.ckpt'} with a higher "
+                             "trainer.max_steps, or start a new run.name\n")
     assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+@pytest.fixture(scope="module")
+def epoch_limited(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A run limited by epochs only (two of 10 batches), with `srun` on PATH (as on a cluster's login node) and a
+    logging interval longer than an epoch, which Lightning warns about."""
+    root = tmp_path_factory.mktemp("epochs")
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    result = run_fit("--config", str(DEMO_CONFIG), f"run.root={root}", "run.name=epochs", "trainer.max_steps=-1",
+                     "trainer.max_epochs=2", "data.params.num_train=320", "trainer.log_every_n_steps=100",
+                     env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "epochs", result
+
+
+def test_epoch_limited_run_finishes_and_is_refused_naming_max_epochs(epoch_limited):
+    run_dir, fit = epoch_limited
+    assert fit.stdout.splitlines()[-4:] == ["finished at step 20 (trainer.max_epochs reached)", *results(run_dir)]
+    assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": 20,
+                               "stopped_by": "trainer.max_epochs"}
+    again = run_fit("--config", str(DEMO_CONFIG), f"run.root={run_dir.parent}", "run.name=epochs",
+                    "trainer.max_steps=-1", "trainer.max_epochs=2", "data.params.num_train=320")
+    assert again.returncode == 2
+    assert again.stderr == (f"{run_dir / 'status.json'}: run finished at step 20 (trainer.max_epochs reached); to train "
+                            f"further pass --resume {run_dir / 'checkpoints' / 'last.ckpt'} with a higher "
+                            "trainer.max_epochs, or start a new run.name\n")
+
+
+def test_known_harmless_library_warnings_are_silenced_and_others_still_show(epoch_limited):
+    stderr = epoch_limited[1].stderr
+    for harmless in ("The `srun` command is available on your system but is not used",
+                     "Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+                     "`isinstance(treespec, LeafSpec)` is deprecated", "`weights_only` was not set"):
+        assert harmless not in stderr, stderr
+    # another of Lightning's PossibleUserWarnings, like the srun hint
+    assert "The number of training batches (10) is smaller than the logging interval" in stderr, stderr
 
 
 def test_resume_never_refuses_to_overwrite(reference):
@@ -113,18 +187,29 @@ def test_truncated_checkpoint_is_never_picked(reference, tmp_path):
     assert RunDir(run_dir).newest_complete_checkpoint() == (run_dir / "checkpoints" / "step-00000115.ckpt", 115)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
-def test_preemption_signal_saves_stops_and_resumes_exactly(reference, tmp_path, sig):
+@pytest.mark.parametrize(("sig", "stopped", "returncode"), [(signal.SIGUSR1, "preempted", 0),
+                                                            (signal.SIGTERM, "preempted", 0),
+                                                            (signal.SIGINT, "interrupted", 130)],
+                         ids=["SIGUSR1", "SIGTERM", "SIGINT"])
+def test_stop_signal_saves_stops_and_resumes_exactly(reference, tmp_path, sig, stopped, returncode):
     run_dir = tmp_path / "pre"
     proc = start_fit(*args(tmp_path, "pre"))
-    wait_for_step_checkpoint(run_dir, 10, proc)
+    # status.json follows the step checkpoints (every 5 steps) while the run goes on
+    first = wait_for_status_step(run_dir, 5, proc)
+    second = wait_for_status_step(run_dir, first["global_step"] + 5, proc)
+    assert first["state"] == second["state"] == "running", (first, second)
+    assert first["global_step"] % 5 == 0 and second["global_step"] % 5 == 0, (first, second)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    assert proc.returncode == returncode, out
     state = status(run_dir)
-    assert state["state"] == "preempted" and 10 <= state["global_step"] < MAX_STEPS, (state, out)
+    assert state["state"] == stopped and 10 <= state["global_step"] < MAX_STEPS, (state, out)
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == state["global_step"]
-    assert "preempted at step" in out
+    # the last lines: what happened, where the results are, and the command that resumes (the same one)
+    *last, resume = out.splitlines()[-5:]
+    assert last == [f"{stopped} at step {state['global_step']}", *results(run_dir)], out
+    assert shlex.split(resume) == ["to", "resume:", sys.executable, str(REPO / "launch" / "fit.py"),
+                                   *args(tmp_path, "pre")]
     result = run_fit(*args(tmp_path, "pre"))
     assert result.returncode == 0, result.stdout + result.stderr
     assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": MAX_STEPS}
@@ -152,3 +237,35 @@ def test_ddp_two_processes_preempted_on_one_rank_resumes_to_max_steps(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert status(run_dir)["state"] == "finished" and status(run_dir)["global_step"] == MAX_STEPS
     assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+def test_ddp_two_processes_ctrl_c_stops_both_ranks_saves_and_resumes(tmp_path):
+    ddp = ["trainer.strategy=ddp", "trainer.devices=2"]
+    run_dir = tmp_path / "ddp"
+    proc = start_fit(*args(tmp_path, "ddp", *ddp), new_session=True)
+    wait_for_status_step(run_dir, 10, proc, timeout=180)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal: both ranks receive it
+    # the output ends when every process writing to it (rank 1 is rank 0's child) has ended
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 130, out
+    state = status(run_dir)
+    assert state["state"] == "interrupted" and 10 <= state["global_step"] < MAX_STEPS, (state, out)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == state["global_step"]
+    saving = f"interrupted (SIGINT): saving {run_dir / 'checkpoints' / 'last.ckpt'} at step {state['global_step']}"
+    assert out.count(saving) == 2 and "Traceback" not in out, out  # both ranks, at the same step
+    result = run_fit(*args(tmp_path, "ddp", *ddp))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert status(run_dir)["state"] == "finished" and status(run_dir)["global_step"] == MAX_STEPS
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == MAX_STEPS
+
+
+def test_a_second_ctrl_c_ends_the_process_at_once():
+    """The first Ctrl-C is recorded (over a preemption signal: a person stopping the run is not requeued); the second
+    ends the process there and then, as the signal's default does."""
+    code = ("import signal; from callbacks.signals import SignalFlag; flag = SignalFlag(); flag.install(); "
+            "signal.raise_signal(signal.SIGUSR1); print(flag.received, flush=True); "
+            "signal.raise_signal(signal.SIGINT); print(flag.received, flush=True); "
+            "signal.raise_signal(signal.SIGINT); print('still running')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == -signal.SIGINT, result.stdout + result.stderr
+    assert result.stdout.split() == [str(int(signal.SIGUSR1)), str(int(signal.SIGINT))]

@@ -50,6 +50,39 @@ def test_finished_run_refused_by_auto_but_explicit_path_allowed(tmp_path):
     assert resolve_resume(run, str(run.last_checkpoint)) == (run.last_checkpoint, 50)
 
 
+@pytest.mark.parametrize(("limit", "reached", "higher"), [
+    ("trainer.max_steps", " (trainer.max_steps reached)", " with a higher trainer.max_steps"),
+    ("trainer.max_epochs", " (trainer.max_epochs reached)", " with a higher trainer.max_epochs"),
+    (None, "", ""),  # a callback (EarlyStopping) stopped it
+])
+def test_finished_run_refusal_names_the_limit_that_stopped_it(tmp_path, limit, reached, higher):
+    run = RunDir(tmp_path / "r")
+    save(run.last_checkpoint, 50)
+    run.write_status("finished", global_step=50, stopped_by=limit)
+    with pytest.raises(UsageError) as refused:
+        resolve_resume(run, "auto")
+    assert refused.value.lines == [f"{run.status_file}: run finished at step 50{reached}; to train further pass "
+                                   f"--resume {run.last_checkpoint}{higher}, or start a new run.name"]
+
+
+def test_update_status_changes_the_fields_given_and_keeps_the_others(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.write_status("running", global_step=0, resumed_from=None, slurm_job_id="7")
+    run.update_status(global_step=25)
+    assert run.status() == {"state": "running", "updated": run.status()["updated"], "global_step": 25,
+                            "resumed_from": None, "slurm_job_id": "7"}
+    assert [p.name for p in run.path.iterdir()] == ["status.json"]  # written atomically: no temporary file left
+
+
+def test_result_lines_name_the_benchmark_table_when_there_is_one(tmp_path):
+    run = RunDir(tmp_path / "r")
+    places = [f"  run dir     {run.path}", f"  checkpoint  {run.last_checkpoint}", f"  logs        {run.logs}"]
+    assert run.result_lines() == places
+    run.path.mkdir()
+    (run.path / "benchmark.md").write_text("| method |\n")
+    assert run.result_lines() == [*places[:2], f"  benchmark   {run.path / 'benchmark.md'}", places[2]]
+
+
 def test_save_config_keeps_a_different_earlier_config(tmp_path):
     run = RunDir(tmp_path / "r")
     run.save_config("a: 1\n")

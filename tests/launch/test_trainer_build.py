@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
@@ -14,7 +15,7 @@ from launch.config import load_config
 from launch.csv_logger import ResumableCSVLogger
 from launch.fit import check_config
 from launch.runs import RunDir, RunSettings, checkpoint_step
-from launch.trainer import AtomicDeepSpeedStrategy, build_trainer
+from launch.trainer import AtomicDeepSpeedStrategy, build_trainer, stopping_limit
 from tests.conftest import DEMO_CONFIG
 
 
@@ -36,6 +37,18 @@ def test_trainer_arguments_pass_through(tmp_path):
     assert ckpt._every_n_train_steps == 7 and ckpt.save_top_k == 4 and ckpt.dirpath == str(tmp_path / "demo-regression" / "checkpoints")
     assert any(isinstance(c, RichProgressBar) for c in trainer.callbacks)
     assert isinstance(preemption, Preemption) and preemption in trainer.callbacks
+
+
+@pytest.mark.parametrize(("max_steps", "max_epochs", "global_step", "epoch", "limit"), [
+    (120, None, 120, 3, "trainer.max_steps"),
+    (-1, 2, 20, 2, "trainer.max_epochs"),
+    (1000, 2, 20, 2, "trainer.max_epochs"),  # both set: the one reached
+    (20, 2, 20, 2, "trainer.max_steps"),  # both reached at once: Lightning's fit loop checks max_steps first
+    (1000, 5, 20, 2, None),  # neither: a callback stopped it (EarlyStopping)
+])
+def test_stopping_limit_is_the_limit_that_ended_the_fit(max_steps, max_epochs, global_step, epoch, limit):
+    ended = SimpleNamespace(max_steps=max_steps, max_epochs=max_epochs, global_step=global_step, current_epoch=epoch)
+    assert stopping_limit(ended) == limit
 
 
 def test_loggers_csv_always_tensorboard_by_default_and_extra_from_config(tmp_path):
