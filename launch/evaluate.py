@@ -21,7 +21,8 @@ score   reads the benchmark's question files and model responses produced elsewh
         "question_index"; a file given without SPLIT= names each record's split in a "split" field; one given
         with SPLIT= may not hold records of another split; other fields are ignored),
         extracts the chosen option by rules (answers.py; --judge MODEL_DIR asks a local causal LM about the
-        responses the rules leave unparsed) and writes OUT/items.jsonl, OUT/summary.json, OUT/summary.md.
+        responses the rules leave unparsed) and writes OUT/items.jsonl (with the rule that decided each item),
+        OUT/summary.json, OUT/summary.md. --explain SPLIT/ID prints which rule decided that item, on which words.
         For MMWorld it also writes an EvalAI submission (default OUT/evalai_submission.json):
         {video_id: {question_index: letter or null}}. MMWorld's repository does not publish the EvalAI format;
         this layout follows mmworld.json and is our choice, to be checked against the challenge page.
@@ -83,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--judge-max-new-tokens", type=int, default=16, metavar="N")
     score.add_argument("--evalai", type=Path, metavar="FILE",
                        help="mmworld: where to write the EvalAI submission (default OUT/evalai_submission.json)")
+    score.add_argument("--explain", action="append", default=[], metavar="SPLIT/ID",
+                       help="print which rule decided this item and on which words (repeatable; ID alone with "
+                            "one split)")
     run = commands.add_parser("run", help="answer a benchmark with a model, then score (resumable)",
                               description="Answer a benchmark's questions with a model from a config, then score.")
     run.add_argument("--config", required=True, metavar="FILE", help="benchmark YAML (configs/benchmarks/)")
@@ -146,10 +150,41 @@ def run_score(args: argparse.Namespace) -> dict:
         except (OSError, ValueError) as e:
             raise usage(f"--judge {args.judge}: cannot load a causal LM and its tokenizer "
                              f"({str(e).splitlines()[0]})") from e
+    explained = [explained_key(value, index, splits) for value in args.explain]
     items = score_responses(questions, responses, judge=judge)
+    for key in explained:
+        print(explanation(index[key], responses.get(key), next(i for i in items if i.question.key == key)))
     summary = summarize(args.benchmark, items, unknown)
     write_outputs(args.out, items, summary, args.evalai)
     return summary
+
+
+def explained_key(value: str, index: dict, splits: list[str]) -> tuple[str, str]:
+    """--explain SPLIT/ID (or ID with one split) -> the question's key; a usage error naming the ids if unknown."""
+    split, sep, qid = value.partition("/")
+    key = (split, qid) if sep else (splits[0] if len(splits) == 1 else "", value)
+    if key not in index:
+        example = "/".join(next(iter(index)))
+        raise usage(f"--explain {value}: no such question (write SPLIT/ID, e.g. {example})")
+    return key
+
+
+def explanation(question: Question, response: str | None, item: Any) -> str:
+    """How an item was decided: the rule and its words (answers.extract), the judge if it was asked, the verdict."""
+    from datamodules.benchmarks.answers import extract
+
+    head = f"{question.split}/{question.id}: "
+    if response is None:
+        return head + "no response (missing: scored wrong)"
+    shown = " ".join(response.split())
+    lines = [head + extract(response, question.options).explain(),
+             f"  response: {shown[:300]}{' ...' if len(shown) > 300 else ''}",
+             "  options:  " + "; ".join(f"{k}. {v}" for k, v in question.options.items())]
+    if item.method == "judge":
+        lines.append(f"  judge:    {item.extracted}")
+    verdict = "correct" if item.correct else "wrong"
+    lines.append(f"  scored:   {item.extracted or 'unparsed'} against {question.answer_letter}: {verdict}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- run

@@ -1,62 +1,78 @@
-"""Answers to multiple-choice benchmark questions: rule-based extraction and an optional LLM judge.
+"""Answers to multiple-choice benchmark questions: which option a free-text response chooses, by rules, with the rule
+and the words that decided; and an optional local LLM judge for what the rules leave unparsed.
 
-`extract_choice(response, options)` returns an option letter (in the case of the option keys) or None
-(unparsed). Rules, first that applies wins:
-  1. the whole response is a letter: "B", "(b)", "B.", "**B**", "Option B", "Answer: B";
-  2. explicit answer statements ("the answer is B", "final answer: (B)", "correct option is B", "I choose B",
-     "answer: <option text>"), and sentences that end on a letter: "So C." / "Therefore, (C)." closing a
-     response that weighs the options, a correction "Wait, it's C." / "it's actually C, because ...": a "final
-     answer" statement beats other statements, then the last one wins, so a chain of thought that mentions
-     other letters first still parses; "the answer is A or B" is unparsed;
-  3. a letter opening the response followed by ".", ":", ")" or " - ": "B. text", "(B) text", "B: text" --
-     unless the response lists the options back ("A. left\nB. right", "A) left, B) right");
-  4. letters marked anywhere: "(B)", "option B", a capital option letter standing alone (not "N/A"); two
-     different letters are unparsed;
-  5. the text of exactly one option inside the response (case, punctuation and spacing ignored; an option
-     whose text lies inside a longer matched option's text does not count; "counter-clockwise", "counter
-     clockwise" and "anticlockwise" are "counterclockwise", "toward" is "towards").
-"A" and "I" followed by an ordinary word are read as English ("A man is walking"), not as letters; lower-case
-letters count only where marked (rules 1-3, "(b)", "option b"); a negated letter ("not A") is no mention, nor is
-an option's text with a negation in the few words before it in its clause ("does not turn left"; "not moving
-left", where "not moving" is an option too, negates "left"). A letter whose own sentence names a different
-option's text and not its own ("B. The car moves left" where B is "right") is a contradiction: unparsed; a
-sentence that opens with "Explanation:" or "because" is reasoning, not a contradiction.
+`extract(response, options)` reads the response without its markup (answer_text.strip_markup: `$\\boxed{B}$`,
+`**Answer:** B`, `\\(B\\)`, ...) and applies these rules; the first that decides wins (RULES, in this order):
 
-Scoring (responses files, accuracy summaries) is in scoring.py; unparsed answers count as wrong there.
+1. whole -- the whole response is one choice: a letter in any dress ("B", "(b)", "B.", "Option B", "Answer: (B)")
+   or one option's text ("left", "Not moving.").
+2. final statement -- the last answer statement that says "final" ("The final answer is: B", "Final choice: C").
+3. answer statement -- the last answer statement: "the answer is B", "Answer: (B)", "the correct option is B",
+   "I choose C", "B is correct", "the third option is correct", "the answer is <an option's text>", and, where a
+   letter closes its clause, "So C.", "Therefore, (C).", "it's actually D", "most likely B". A statement naming two
+   letters ("A or B", "C, D") or a letter whose echo is another option's text ("B (right)" where B is left)
+   decides: unparsed; one naming two options' texts is no statement.
+4. leading letter -- a letter opening the response ("B. The car ...", "(B) ...", "B: ...", "B - ..."), unless the
+   response lists the options back ("A. left\\nB. right") or echoes another option's text ("B. right").
+5. conclusion -- the response's last words: a closing letter ("Not c. d."), an option restated after the options
+   were listed back, or the last of its closing sentences (at most CONCLUSION_SENTENCES, on its last
+   CONCLUSION_LINES lines) that names an option, if it names exactly one (by a marked letter or by its text):
+   "... so the hoop stays in place." after an analysis of every option.
+6. marked letter -- every marked letter in the response ("(B)", "option B", a capital standing alone) is the same.
+7. option text -- exactly one option's text is named anywhere in the response.
+
+A statement with nothing after it ("The final answer is:" ending the response) names nothing: the rules below it
+read what came before. An option's text is found however it is worded (answer_text.py: number words are digits,
+"from left to right" is right, "stays in place" is "not moving", "no car is present" is "no car there", ...) and
+never where negated ("does not turn left"). "A" and "I" followed by an ordinary word are English ("A man walks"),
+not letters; "N/A" is no letter; a negated letter ("not A") is no mention. Unparsed answers are counted and scored
+wrong (scoring.py); `launch/evaluate.py score --judge DIR` asks a local causal LM about them (LLMJudge), and
+`--explain SPLIT/ID` prints which rule decided an item and on which words.
 """
 
 from __future__ import annotations
 
-import bisect
 import functools
 import os
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from datamodules.benchmarks.answer_text import named_options, option_mentions, rejected_after, strip_markup
+
+RULES = ("whole", "final statement", "answer statement", "leading letter", "conclusion", "marked letter",
+         "option text")
+UNPARSED = "unparsed"
 ARTICLE_LETTERS = {"A", "I"}  # one-letter English words
 # Words after "A" that make it a letter reference rather than an article ("A is correct", "A because ...").
 REFERENCE_WORDS = {"is", "was", "seems", "would", "should", "could", "might", "appears", "because", "since", "as",
                    "fits", "matches", "and", "or", "describes", "shows", "looks"}
 _WORD_AFTER = re.compile(r"[ \t]+([A-Za-z]+)")
+CONCLUSION_SENTENCES, CONCLUSION_LINES = 3, 2
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "last")  # "the third option": by position
 _NEGATION = re.compile(r"(?:\bnot|n't|\bnever)\s+(?:(?:option|choice)\s+)?[(\[]?$", re.I)  # "not A", "isn't (B)"
 CHOOSE_VERBS = ("choose", "chose", "pick", "select", "go")
-AMBIGUOUS = object()  # a statement naming two options or contradicting itself
-_SENTENCE_END = re.compile(r"[.!?;]\s|[.!?;]$|\n")
-_LETTER_DELIMS = re.compile(r"[ \t.:)\]\-,]*")  # not newlines: a letter on its own line has no clause
-_WHITESPACE = re.compile(r"\s+")
-# An option's text is not named when one of the few words before it in its clause negates it ("does not turn
-# left", "isn't moving left", "not moving away from the camera"); "t" is what n't leaves after normalising.
-NEGATION_WORDS = {"not", "no", "never", "t", "neither", "nor", "without", "cannot"}
-NEGATION_REACH = 4  # words
-_CLAUSE_WORDS = {"but", "however", "instead", "rather", "whereas", "although", "though"}  # they end a negation
-_WORD_OR_STOP = re.compile(r"[0-9a-z]+|[,;:.!?()\n]")
-CONCLUSION_WORDS = ("so", "therefore", "thus", "hence")
+CONCLUSION_WORDS = ("so", "therefore", "thus", "hence", "overall", "conclusion")
 REASON_WORDS = ("because", "since", "as", "given")  # may follow a concluding letter: "So C, because ..."
-# "B. Explanation: in the first frame the car is at the left ..." is reasoning, not B's own sentence
+_SENTENCE_END = re.compile(r"(?<!\b[A-Za-z])[.!?;](?=\s|$)|\n")  # not "B." (a letter's period)
+_LETTER_DELIMS = re.compile(r"[ \t.:)\]\-,]*")  # not newlines: a letter on its own line has no clause
+# "B. Explanation: in the first frame ..." and "B because ..." are reasoning after the letter
 _EXPLANATION = re.compile(r"[)\]\"']?[.!:,]?\s*(?:explanation|reason(?:ing)?|because|since)\b", re.I)
-# Spellings of one direction, made one word on both the response's and the options' side.
-SPELLINGS = {"anticlockwise": "counterclockwise", "toward": "towards"}
-JOINED_SPELLINGS = {("counter", "clockwise"): "counterclockwise", ("anti", "clockwise"): "counterclockwise"}
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What a response chooses (an option key, or None), the rule that decided, and the words it decided on."""
+    choice: str | None
+    rule: str  # one of RULES, or UNPARSED
+    evidence: str = ""
+
+    def explain(self) -> str:
+        decided = self.choice if self.choice is not None else "no option"
+        return f"{self.rule}: {decided}" + (f", from {self.evidence!r}" if self.evidence else "")
+
+
+AMBIGUOUS = object()  # a statement that names two options or contradicts itself
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,43 +81,34 @@ def _patterns(keys: tuple[str, ...]) -> dict[str, re.Pattern]:
     both = upper + upper.lower()
     verb = r"(?:\s*(?:(?:is|would\s+be|should\s+be|will\s+be|must\s+be)\b|[:=]))+"
     after = rf"\s*(?:(?:option|choice|letter)\s+)?[(\[\"']?\s*(?P<letter>[{both}])(?![A-Za-z0-9])"
-    statement = (rf"\b(?:(?P<final>final)\s+|(?:correct|best|right|most\s+likely)\s+)?answer{verb}"
+    statement = (rf"\b(?:(?P<final>final)\s+|(?:correct|best|right|most\s+likely)\s+)?answer[\"']?{verb}"
                  rf"|\b(?:(?P<final2>final)|correct|best|right)\s+(?:option|choice){verb}"
-                 rf"|\b(?:choose|chose|pick|select|go\s+with)\b"
-                 rf"|\b(?P<conclusion>{'|'.join(CONCLUSION_WORDS)}|it(?:'s|’s|\s+is)(?:\s+actually)?)\b,?")
+                 rf"|\b(?:(?:i\s+(?:would\s+|will\s+)?)?(?:choose|chose|pick|select)|go\s+with)\b"
+                 rf"|\b(?P<conclusion>{'|'.join(CONCLUSION_WORDS)}|it(?:'s|’s|\s+is)(?:\s+actually)?"
+                 rf"|(?:most\s+)?likely|probably)\b,?")
     return {
-        "whole": re.compile(rf"^[(\[]?\s*(?:(?:option|choice|answer)\s*[:\-]?\s*)?[(\[]?\s*([{both}])\s*[)\]]?\s*"
-                            rf"[.:)]?\s*$", re.I),
+        "whole": re.compile(rf"^[(\[]?\s*(?:(?:(?:final\s+)?(?:option|choice|answer)\s*[:\-]?\s*)?[(\[]?\s*"
+                            rf"([{both}])\s*[)\]]?\s*[.:)]?)\s*$", re.I),
         "statement": re.compile(statement, re.I),
         "after": re.compile(after, re.I),
+        "is_correct": re.compile(rf"(?:\b(?:option|choice|letter)\s+)?(?<![A-Za-z0-9])[(\[]?(?P<letter>[{both}])"
+                                 rf"[)\]]?\s+(?:is|seems|appears)\s+(?:to\s+be\s+)?(?:the\s+)?(?:correct|right|best|"
+                                 rf"most\s+(?:likely|accurate|appropriate|plausible))\b", re.I),
         "leading": re.compile(rf"^[(\[]?([{both}])(?:[)\]]|[.:](?![A-Za-z0-9])|\s+-\s|\s*\n|\s*$)"),
         "marked": re.compile(rf"[(\[]([{both}])[)\]]|\b(?:option|choice|letter)\s+([{both}])(?![A-Za-z0-9])", re.I),
         "capital": re.compile(rf"(?<![A-Za-z0-9'’/])([{upper}])(?![A-Za-z0-9'’/]|\.[A-Za-z])"),  # not N/A
         "list_item": re.compile(rf"(?:^|\n|[,;]\s*)[(\[]?([{both}])[.):](?:\s|$)"),
-        "or_other": re.compile(rf"\s*(?:or|and|/)\s*(?:(?:option|choice)\s+)?[(\[]?\s*([{both}])(?![A-Za-z0-9])",
+        "lone": re.compile(rf"^[(\[]?([{both}])[)\]]?[.!]?$"),  # a sentence that is only a letter: "b."
+        "closing": re.compile(rf"(?:^|[.!?;:\n]\s*)[(\[]?([{both}])[)\]]?[.!]?\s*$"),  # "Not c. d." ends on d
+        "ordinal": re.compile(rf"\b(?:the\s+)?({'|'.join(ORDINALS)})\s+(?:option|choice|one|answer|alternative)\b",
+                              re.I),
+        "or_other": re.compile(rf"\s*(?:or|and|/|,|&)\s*(?:(?:option|choice)\s+)?[(\[]?\s*([{both}])(?![A-Za-z0-9])",
                                re.I),
     }
 
 
-def _clean(response: str) -> str:
-    text = re.sub(r"[*_`]{1,3}", "", response)  # markdown emphasis around letters: **B**, __B__, `B`
-    # one space or newline per whitespace run: the patterns' adjacent \s* then cannot backtrack over long runs
-    return _WHITESPACE.sub(lambda m: "\n" if "\n" in m.group() else " ", text).strip()
-
-
-def _tokens(text: str) -> list[str]:
-    """Lower-case words and clause punctuation, spelling variants made one ("counter-clockwise", "toward")."""
-    out: list[str] = []
-    for token in _WORD_OR_STOP.findall(text.casefold()):
-        if out and (out[-1], token) in JOINED_SPELLINGS:
-            out[-1] = JOINED_SPELLINGS[(out[-1], token)]
-        else:
-            out.append(SPELLINGS.get(token, token))
-    return out
-
-
-def _norm_text(text: str) -> str:
-    return " ".join(t for t in _tokens(text) if t[0].isalnum())
+def _key(letter: str, options: Mapping[str, str]) -> str:
+    return next(k for k in options if k.upper() == letter.upper())
 
 
 def _is_article(text: str, end: int, letter: str) -> bool:
@@ -109,72 +116,13 @@ def _is_article(text: str, end: int, letter: str) -> bool:
     if letter.upper() not in ARTICLE_LETTERS:
         return False
     word = _WORD_AFTER.match(text, end)
+    if word and word.group(1)[0].isupper() and word.group(1) != "I":
+        return False  # "A The person ...": a letter, then a sentence
     return bool(word) and word.group(1).lower() not in REFERENCE_WORDS
 
 
 def _negated(text: str, start: int) -> bool:
     return bool(_NEGATION.search(text[max(0, start - 24):start]))
-
-
-def _word_context(text: str) -> tuple[list[bool], list[bool]]:
-    """For each word of _norm_text(text): whether a negation word precedes it within NEGATION_REACH words of its
-    clause (punctuation and words such as "but" end a clause), and whether punctuation comes right before it."""
-    negated, after_stop, recent, stop = [], [], [], False  # recent: the clause's last words
-    for token in _tokens(text):
-        if not token[0].isalnum():
-            recent, stop = [], True
-            continue
-        negated.append(any(w in NEGATION_WORDS for w in recent))
-        after_stop.append(stop)
-        recent, stop = [] if token in _CLAUSE_WORDS else [*recent[1 - NEGATION_REACH:], token], False
-    return negated, after_stop
-
-
-def _text_groups(text: str, options: Mapping[str, str]) -> list[str]:
-    """Normalised option texts found in `text` (whole words, not negated), dropping those inside a longer found
-    text."""
-    hay = f" {_norm_text(text)} "
-    negated, after_stop = _word_context(text)
-    spaces = [i for i, c in enumerate(hay) if c == " "]  # the k-th space opens word k
-
-    def word(start: int) -> int:
-        return bisect.bisect_left(spaces, start)
-
-    starts: dict[str, list[int]] = {}  # option text -> where it occurs in hay, ascending
-    for norm in {_norm_text(v) for v in options.values()} - {""}:
-        found, start = [], hay.find(f" {norm} ")
-        while start != -1:
-            found.append(start)
-            start = hay.find(f" {norm} ", start + 1)
-        if found:
-            starts[norm] = found
-
-    def inside_longer(start: int, norm: str) -> bool:
-        for longer, at in starts.items():
-            if len(longer) > len(norm):
-                k = bisect.bisect_right(at, start) - 1  # the last occurrence opening at or before `start`
-                if k >= 0 and at[k] + len(longer) >= start + len(norm):
-                    return True
-        return False
-
-    found_at = {s for at in starts.values() for s in at}
-
-    def negates_next(start: int, norm: str) -> bool:
-        """"not moving left" where "not moving" and "left" are both options says "left" is wrong."""
-        end = start + len(norm) + 1
-        return norm.split(" ", 1)[0] in NEGATION_WORDS and end in found_at and not after_stop[word(end)]
-
-    return sorted(norm for norm, at in starts.items()
-                  if any(not negated[word(s)] and not inside_longer(s, norm)
-                         and not negates_next(s, norm) for s in at))
-
-
-def _letter_of_text(norm: str, options: Mapping[str, str]) -> str:
-    return next(k for k, v in options.items() if _norm_text(v) == norm)  # repeated texts: the first letter
-
-
-def _key(letter: str, options: Mapping[str, str]) -> str:
-    return next(k for k in options if k.upper() == letter.upper())
 
 
 def _clause_after(text: str, end: int) -> str:
@@ -184,75 +132,210 @@ def _clause_after(text: str, end: int) -> str:
     return text[start:stop.start() if stop else len(text)]
 
 
-def _consistent(text: str, end: int, key: str, options: Mapping[str, str]) -> bool:
-    """False when the letter's own sentence names another option's text and not the letter's."""
+def _echo_contradicts(text: str, end: int, key: str, options: Mapping[str, str]) -> bool:
+    """A letter followed by another option's text as its label ("B. right", "B (right)" where B is left): the response
+    says two things. A sentence after the letter is its explanation, whatever options it mentions."""
     if _EXPLANATION.match(text, end):
-        return True
-    named = _text_groups(_clause_after(text, end), options)
-    return not named or _norm_text(options[key]) in named
+        return False
+    clause = _clause_after(text, end).strip()
+    parenthetical = re.match(r"\(([^()]*)\)", clause)
+    echo = parenthetical.group(1) if parenthetical else clause
+    mentions = option_mentions(echo, options)
+    if not mentions or any(m.key == key for m in mentions):
+        return False
+    # the clause is (almost) nothing but another option's text: its label
+    covered = sum(m.end - m.start for m in mentions)
+    return parenthetical is not None or covered >= 0.6 * len(re.sub(r"\W", "", echo)) or len(echo.split()) <= 3
 
 
-def _decide(text: str, match_end: int, letter: str, options: Mapping[str, str]) -> str | None:
-    key = _key(letter, options)
-    return key if _consistent(text, match_end, key, options) else None
+def _sentences(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for m in _SENTENCE_END.finditer(text):
+        if text[start:m.start()].strip():
+            spans.append((start, m.end()))
+        start = m.end()
+    if text[start:].strip():
+        spans.append((start, len(text)))
+    return spans
 
 
-def extract_choice(response: str | None, options: Mapping[str, str]) -> str | None:
-    """The option letter a free-text response chooses, or None when it cannot be told (see module docstring)."""
-    if not response or not options or not response.strip():
-        return None
-    text = _clean(response)
-    pat = _patterns(tuple(options))
+class _Reader:
+    """One response against one question's options."""
 
-    whole = pat["whole"].match(text)
-    if whole:
-        return _key(whole.group(1), options)
+    def __init__(self, text: str, options: Mapping[str, str]):
+        self.text, self.options = text, options
+        self.pat = _patterns(tuple(options))
+        self.items = [(m.start(1), _key(m.group(1), options)) for m in self.pat["list_item"].finditer(text)]
+        self.listed = {k for _, k in self.items}
 
-    statements = []  # (is_final, position, letter or AMBIGUOUS), only statements that name something
-    for m in pat["statement"].finditer(text):
-        final = bool(m.group("final") or m.group("final2"))
-        after = pat["after"].match(text, m.end())
-        if m.group("conclusion"):  # "So C." / "Wait, it's C." end a response; "so A is wrong" concludes nothing
-            if after and not _is_article(text, after.end(), after.group("letter")):
-                rest = _clause_after(text, after.end()).strip().lower()
-                if not rest or rest.startswith(REASON_WORDS):
-                    statements.append((False, m.start(), _key(after.group("letter"), options)))
-            continue
+    def ordinal_key(self, word: str) -> str | None:
+        """The option a position names: "third" -> the third key, "last" -> the last."""
+        keys = list(self.options)
+        position = ORDINALS.index(word.lower())
+        return keys[-1] if word.lower() == "last" else (keys[position] if position < len(keys) else None)
+
+    def letter_mentions(self, start: int = 0, end: int | None = None) -> list[tuple[int, int, str]]:
+        """(start, end, key) of marked letters, capitals standing alone and positions ("the third option") in
+        text[start:end]: not articles, not negated, not rejected after ('option (c) can be ruled out'), and none
+        when the response lists the options back."""
+        if len(self.listed) >= 2:
+            return []
+        text, found = self.text, []
+        end = len(text) if end is None else end
+        for m in self.pat["marked"].finditer(text, start, end):
+            found.append((m.start(), m.end(), _key(m.group(1) or m.group(2), self.options)))
+        marked = [(s, e) for s, e, _ in found]
+        for m in self.pat["capital"].finditer(text, start, end):
+            inside = any(s <= m.start() and m.end() <= e for s, e in marked)  # the C of "option C"
+            if not inside and not _is_article(text, m.end(), m.group(1)):
+                found.append((m.start(), m.end(), _key(m.group(1), self.options)))
+        for m in self.pat["ordinal"].finditer(text, start, end):
+            key = self.ordinal_key(m.group(1))
+            if key is not None:
+                found.append((m.start(), m.end(), key))
+        return sorted((s, e, key) for s, e, key in found if not _negated(text, s) and not rejected_after(text, e))
+
+    def target_at(self, position: int) -> tuple[int, Any] | None:
+        """The letter (or position, "the third option") an answer statement names right after `position`:
+        (where it ends, key or AMBIGUOUS), or None."""
+        text, pat, options = self.text, self.pat, self.options
+        after = pat["after"].match(text, position)
         if after and not _is_article(text, after.end(), after.group("letter")):
             other = pat["or_other"].match(text, after.end())
             if other and not _is_article(text, other.end(), other.group(1)):
-                statements.append((final, m.start(), AMBIGUOUS))
-            else:
-                key = _key(after.group("letter"), options)
-                consistent = _consistent(text, after.end(), key, options)
-                statements.append((final, m.start(), key if consistent else AMBIGUOUS))
-        elif not m.group(0).lower().startswith(CHOOSE_VERBS):  # "select the best answer" names nothing
-            named = _text_groups(_clause_after(text, m.end()), options)
-            if named:
-                statements.append((final, m.start(),
-                                   _letter_of_text(named[0], options) if len(named) == 1 else AMBIGUOUS))
-    if statements:
-        chosen = max(statements, key=lambda s: (s[0], s[1]))[2]
-        return None if chosen is AMBIGUOUS else chosen
-
-    leading = pat["leading"].match(text)
-    listed = {m.group(1).upper() for m in pat["list_item"].finditer(text)}  # "A. left\nB. right": the options
-    if leading and len(listed) < 2 and not _is_article(text, leading.end(1), leading.group(1)):
-        return _decide(text, leading.end(1), leading.group(1), options)
-
-    mentions = [(m.end(), m.group(1) or m.group(2), m.start()) for m in pat["marked"].finditer(text)]
-    mentions += [(m.end(), m.group(1), m.start()) for m in pat["capital"].finditer(text)]
-    mentions = [(end, letter) for end, letter, start in mentions
-                if not _is_article(text, end, letter) and not _negated(text, start)]
-    letters = {letter.upper() for _, letter in mentions}
-    if len(letters) > 1:
+                return other.end(), AMBIGUOUS
+            key = _key(after.group("letter"), options)
+            return after.end(), AMBIGUOUS if _echo_contradicts(text, after.end(), key, options) else key
+        ordinal = pat["ordinal"].match(text, _LETTER_DELIMS.match(text, position).end())
+        if ordinal and (key := self.ordinal_key(ordinal.group(1))) is not None:
+            return ordinal.end(), key
         return None
-    if letters:
-        end, letter = max(mentions)
-        return _decide(text, end, letter, options)
 
-    named = _text_groups(text, options)
-    return _letter_of_text(named[0], options) if len(named) == 1 else None
+    def statements(self) -> list[tuple[bool, int, Any, str]]:
+        """(says final, position, key or AMBIGUOUS, the words) of every answer statement that names something."""
+        text, pat, options = self.text, self.pat, self.options
+        found = []
+        for m in pat["is_correct"].finditer(text):  # "B is correct", "option C seems to be the best"
+            found.append((False, m.start(), _key(m.group("letter"), options), m.group(0)))
+        for m in pat["ordinal"].finditer(text):  # "the third option is correct"
+            rest = text[m.end():m.end() + 40].lower()
+            if re.match(r"\s+(?:is|seems|looks)\s+(?:to\s+be\s+)?(?:the\s+)?(?:correct|right|best)|\s+describes|\s+fits",
+                        rest) and (key := self.ordinal_key(m.group(1))) is not None:
+                found.append((False, m.start(), key, text[m.start():m.end() + 20].strip()))
+        for m in pat["statement"].finditer(text):
+            final = bool(m.group("final") or m.group("final2"))
+            target = self.target_at(m.end())
+            if m.group("conclusion"):  # "So C." / "Wait, it's C." end a response; "so A is wrong" concludes nothing
+                if target and target[1] is not AMBIGUOUS:
+                    rest = _clause_after(text, target[0]).strip().lower()
+                    if not rest or rest.startswith(REASON_WORDS):
+                        found.append((False, m.start(), target[1], text[m.start():target[0]]))
+                continue
+            if target:
+                found.append((final, m.start(), target[1], text[m.start():target[0]]))
+            elif not m.group(0).lower().lstrip("i ").startswith(CHOOSE_VERBS):  # "select the best answer": nothing
+                clause = _clause_after(text, m.end())
+                named = named_options(clause, options)
+                if len(named) == 1:  # two options' texts in one statement: not a statement of either
+                    found.append((final, m.start(), named[0], f"{m.group(0)}{clause}".strip()))
+        return found
+
+    def closing_sentences(self) -> list[tuple[int, int]]:
+        """The sentences a conclusion may stand in: at most CONCLUSION_SENTENCES, on the last CONCLUSION_LINES lines
+        (further back is the analysis, which names options it goes on to reject)."""
+        text = self.text
+        lines = [m.start() for m in re.finditer(r"\n", text)]
+        floor = lines[-CONCLUSION_LINES] if len(lines) >= CONCLUSION_LINES else 0
+        return [span for span in _sentences(text) if span[1] > floor][-CONCLUSION_SENTENCES:]
+
+    def restated_after_listing(self) -> tuple[str, int] | None:
+        """The options listed back ("A. left / B. right / ...") and then one of them again: (that key, where)."""
+        keys = [k for _, k in self.items]
+        n = len(self.options)
+        if len(keys) > n and sorted(keys[:n]) == sorted(self.options):
+            position, key = self.items[-1]
+            return key, position
+        return None
+
+    def read(self) -> Extraction:
+        text, pat, options = self.text, self.pat, self.options
+        whole = pat["whole"].match(text)
+        if whole:
+            return Extraction(_key(whole.group(1), options), "whole", text)
+        named = named_options(text, options)
+        if len(named) == 1 and len(option_mentions(text, options)) == 1 and not self.letter_mentions() \
+                and not pat["leading"].match(text) \
+                and len(text.split()) <= 2 * len(str(options[named[0]]).split()) + 2:
+            return Extraction(named[0], "whole", text)
+
+        statements = self.statements()
+        if statements:
+            final, _, chosen, words = max(statements, key=lambda s: (s[0], s[1]))
+            rule = "final statement" if final else "answer statement"
+            if chosen is AMBIGUOUS:
+                return Extraction(None, UNPARSED, f"{rule} names two options or contradicts itself: {words}")
+            return Extraction(chosen, rule, words)
+
+        leading = pat["leading"].match(text)
+        if leading and len(self.listed) < 2 and not _is_article(text, leading.end(1), leading.group(1)):
+            key = _key(leading.group(1), options)
+            if _echo_contradicts(text, leading.end(1), key, options):
+                return Extraction(None, UNPARSED, f"the letter and its text disagree: {_first_sentence(text)}")
+            return Extraction(key, "leading letter", text[:leading.end()].strip())
+
+        closing = pat["closing"].search(text)
+        if closing and len(self.listed) < 2 and not _negated(text, closing.start(1)) and \
+                not _is_article(text, closing.end(1), closing.group(1)):
+            return Extraction(_key(closing.group(1), options), "conclusion", text[closing.start(1):].strip())
+        restated = self.restated_after_listing()
+        if restated:
+            key, position = restated
+            return Extraction(key, "conclusion", text[position:].strip())
+        for start, end in reversed(self.closing_sentences()):
+            sentence = text[start:end].strip()
+            if len(self.listed) >= 2 and pat["list_item"].match(sentence):
+                continue  # an option listed back is not a conclusion
+            lone = pat["lone"].match(sentence)
+            if lone and not _negated(text, start + lone.start(1)):
+                return Extraction(_key(lone.group(1), options), "conclusion", sentence)
+            keys = {k for _, _, k in self.letter_mentions(start, end)}
+            keys |= set(named_options(text[start:end], options))
+            if len(keys) == 1:
+                return Extraction(keys.pop(), "conclusion", sentence)
+            if keys:
+                break
+
+        letters = self.letter_mentions()
+        lettered = {k for _, _, k in letters}
+        if len(lettered) == 1 and set(named) <= lettered:
+            s, e, key = letters[-1]
+            return Extraction(key, "marked letter", text[s:e])
+        if not lettered and len(named) == 1:
+            mention = next(m for m in option_mentions(text, options) if m.key == named[0])
+            return Extraction(named[0], "option text", text[mention.start:mention.end])
+        if lettered or named:
+            return Extraction(None, UNPARSED, f"names {' and '.join(sorted(lettered | set(named)))}")
+        return Extraction(None, UNPARSED, "names no option")
+
+
+def _first_sentence(text: str) -> str:
+    spans = _sentences(text)
+    return text[spans[0][0]:spans[0][1]].strip() if spans else text
+
+
+def extract(response: str | None, options: Mapping[str, str]) -> Extraction:
+    """Which option `response` chooses, by which rule, from which words (see the module docstring)."""
+    if not response or not options or not response.strip():
+        return Extraction(None, UNPARSED, "empty response")
+    text = strip_markup(response)
+    if not text:
+        return Extraction(None, UNPARSED, "empty response")
+    return _Reader(text, options).read()
+
+
+def extract_choice(response: str | None, options: Mapping[str, str]) -> str | None:
+    """The option key a free-text response chooses, or None when it cannot be told."""
+    return extract(response, options).choice
 
 
 # ----------------------------------------------------------------------------------------------- judge

@@ -1,6 +1,6 @@
 """Scoring benchmark responses: reading response files, deciding each question, summarising as the papers do.
 
-`score_responses` decides each question's chosen option with `answers.extract_choice` (and an optional judge for
+`score_responses` decides each question's chosen option with `answers.extract` (and an optional judge for
 what the rules leave unparsed) and records how it was decided; unparsed and missing responses count as wrong.
 `summarize` gives accuracies with counts and lists every unscored item; `summary_markdown` renders it,
 `evalai_submission` writes MMWorld answers for the challenge server, `write_outputs` puts them all in a directory.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from datamodules.benchmarks.answers import Judge, extract_choice
+from datamodules.benchmarks.answers import Judge, extract
 from datamodules.benchmarks.questions import (MMWORLD_FLAGS, MMWORLD_SPLIT, VLM4D_GROUPS, VLM4D_SPLITS,
                                               BenchmarkFileError, QKey, Question, VideoReport, mmworld_id)
 from datamodules.files import atomic_write_text
@@ -129,6 +129,7 @@ class ScoredItem:
     question: Question
     extracted: str | None
     method: str  # rule | judge | unparsed | missing
+    rule: str = ""  # the extraction rule that decided (answers.RULES) or why none did
 
     @property
     def correct(self) -> bool:
@@ -137,7 +138,7 @@ class ScoredItem:
     def to_dict(self) -> dict[str, Any]:
         q = self.question
         return {"split": q.split, "id": q.id, "extracted": self.extracted, "answer": q.answer_letter,
-                "correct": self.correct, "method": self.method}
+                "correct": self.correct, "method": self.method, "rule": self.rule}
 
 
 def score_responses(questions: Iterable[Question], responses: Mapping[QKey, str | None],
@@ -149,12 +150,12 @@ def score_responses(questions: Iterable[Question], responses: Mapping[QKey, str 
             items.append(ScoredItem(q, None, "missing"))
             continue
         response = responses[q.key] or ""
-        letter = extract_choice(response, q.options)
-        method = "rule"
+        extraction = extract(response, q.options)
+        letter, method = extraction.choice, "rule"
         if letter is None and judge is not None and response.strip():
             letter = judge(response, q.options, q.question)
             method = "judge"
-        items.append(ScoredItem(q, letter, method if letter is not None else "unparsed"))
+        items.append(ScoredItem(q, letter, method if letter is not None else "unparsed", extraction.rule))
     return items
 
 

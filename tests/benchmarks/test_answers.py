@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from datamodules.benchmarks.answers import LLMJudge, extract_choice
+from datamodules.benchmarks.answers import LLMJudge, extract, extract_choice
 from datamodules.benchmarks.questions import Question
 from datamodules.benchmarks.scoring import score_responses, summarize
 from launch import evaluate
@@ -67,7 +67,8 @@ CASES = [
     ("A or B", DIRECTIONS, None),
     ("The answer is A or B", DIRECTIONS, None),
     ("Both B and C look plausible", DIRECTIONS, None),
-    ("B. The car moves right.", DIRECTIONS, None),  # letter B, text of A
+    ("B. The car moves right.", DIRECTIONS, "B"),  # the stated letter, then its (wrong) explanation: a judge takes B
+    ("B. right", DIRECTIONS, None),  # letter B, labelled with A's text
     ("The answer is B (right)", DIRECTIONS, None),
     ("It moves left, then right", DIRECTIONS, None),
     ("The answer is E", DIRECTIONS, None),
@@ -130,6 +131,35 @@ def test_long_responses_do_not_stall_extraction():
 @pytest.mark.parametrize("response, options, expected", CASES)
 def test_extract_choice(response, options, expected):
     assert extract_choice(response, options) == expected
+
+
+# one response per rule, in the order of precedence, with the words it decides on
+RULE_CASES = [
+    ("$\\boxed{C}$", "whole", "C", "(C)"),
+    ("Not moving.", "whole", "C", "Not moving."),
+    ("The answer is A. Checking again... **Final answer:** B", "final statement", "B", "Final answer: B"),
+    ("Looking at the frames, the answer is D and nothing else.", "answer statement", "D", "answer is D"),
+    ("B. The car keeps to the left lane and drifts left.", "leading letter", "B", "B."),
+    ("Option A would need it to move right and option D to grow.\nThe hoop stays in place.", "conclusion", "C",
+     "The hoop stays in place."),
+    ("On reflection option C fits best; I checked every frame.\nThe scene is calm.\nThe clip ends there.",
+     "marked letter", "C", "option C"),
+    ("It looks like the car, which barely moves, goes left. Other cars pass.\nThe scene is calm.\nThe clip ends.",
+     "option text", "B", "left"),
+]
+
+
+@pytest.mark.parametrize("response, rule, choice, evidence", RULE_CASES, ids=[c[1] for c in RULE_CASES])
+def test_each_rule_decides_and_says_on_which_words(response, rule, choice, evidence):
+    extraction = extract(response, DIRECTIONS)
+    assert (extraction.rule, extraction.choice, extraction.evidence) == (rule, choice, evidence)
+    assert extraction.explain() == f"{rule}: {choice}, from {evidence!r}"
+
+
+def test_an_unparsed_response_says_why():
+    assert extract("Either A or C could be right.", DIRECTIONS).explain() == "unparsed: no option, from 'names A and C'"
+    assert extract("I cannot tell from these frames.", DIRECTIONS).evidence == "names no option"
+    assert extract("The answer is A or B.", DIRECTIONS).evidence.startswith("answer statement names two options")
 
 
 # ------------------------------------------------------------------------------------------- judge

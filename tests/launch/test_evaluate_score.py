@@ -72,7 +72,7 @@ def test_vlm4d_summary_by_hand(tmp_path, vlm4d_subset):
     by_key = {(i["split"], i["id"]): i for i in items}
     # same ids, different questions: each split scored against its own answer
     assert by_key[("real", "validation_1")] == {"split": "real", "id": "validation_1", "extracted": "B",
-                                                "answer": "B", "correct": True, "method": "rule"}
+                                                "answer": "B", "correct": True, "method": "rule", "rule": "whole"}
     assert (by_key[("synthetic", "validation_1")]["extracted"], by_key[("synthetic", "validation_1")]["answer"]) \
         == ("A", "A")
     assert by_key[("real", "validation_2")]["correct"] is False
@@ -217,3 +217,23 @@ def test_repeated_choice_text_accepts_either_letter(tmp_path):
         assert score("--benchmark", "vlm4d", "--questions", questions, "--responses", responses, "--out",
                      tmp_path / "out") == 0
         assert json.loads((tmp_path / "out" / "summary.json").read_text())["real_exo"] == accuracy, response
+
+
+def test_explain_prints_the_rule_and_words_that_decided(tmp_path, vlm4d_subset, capsys):
+    real, synthetic, real_responses, synthetic_responses = vlm4d_subset
+    args = ["--benchmark", "vlm4d", "--questions", f"real={real}", "--questions", f"synthetic={synthetic}",
+            "--responses", f"real={real_responses}", "--responses", f"synthetic={synthetic_responses}",
+            "--out", tmp_path / "out"]
+    assert score(*args, "--explain", "real/validation_2", "--explain", "real/validation_924",
+                 "--explain", "synthetic/validation_2") == 0
+    out = capsys.readouterr().out
+    assert "real/validation_2: final statement: A, from 'final answer is: A'" in out
+    assert "scored:   A against C: wrong" in out
+    assert "real/validation_924: unparsed: no option, from 'names no option'" in out
+    assert "synthetic/validation_2: no response (missing: scored wrong)" in out
+    items = [json.loads(line) for line in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]
+    assert {i["id"]: i["rule"] for i in items if i["split"] == "real"}["validation_922"] in ("whole", "option text",
+                                                                                              "conclusion")
+    assert score(*args, "--explain", "real/validation_77") == 2
+    err = capsys.readouterr().err
+    assert "--explain real/validation_77: no such question (write SPLIT/ID, e.g. real/validation_1)" in err
