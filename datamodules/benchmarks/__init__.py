@@ -2,7 +2,8 @@
 
 questions.py loads the released question files into `Question`s keyed by (split, id) and checks videos;
 frames.py samples frames with PyAV (cached on disk); answers.py extracts the chosen option from a model's
-text and optionally asks a local LLM judge; scoring.py reads response files and summarises accuracy as the
+text (a grammar of answer statements over answer_text.py, which strips markup and finds option texts however they
+are worded) and optionally asks a local LLM judge; scoring.py reads response files and summarises accuracy as the
 papers report it; subset.py draws the stratified subset callbacks/benchmark_validation.py answers during
 training; synthetic.py writes small VLM4D-format videos and questions for tests and demos.
 

@@ -3,8 +3,9 @@
 tests/benchmarks/data/answer_styles_*.jsonl (one item per line: style, prompt direct|cot, benchmark, question,
 options, response, judge: the option key a careful judge assigns or null, class: the phenomenon) were written for
 this by sessions that did not see the rules: `dev` is what the rules were developed against, `holdout` was read once
-to find general gaps (the classes, not the items, were then covered), `report` was never looked at by whoever wrote
-the rules. A wrong letter is worse than an unparsed answer (unparsed ones are counted, reported and can go to the
+to find general gaps (the classes, not the items, were then covered), `report` was written after the rules and
+measured before anyone read it (the items the previous rules had missed were shown once after that measurement; no
+rule has changed since). A new report table is the honest way to measure a change of the rules. A wrong letter is worse than an unparsed answer (unparsed ones are counted, reported and can go to the
 LLM judge), so it is counted apart and held near zero.
 
     python -m tests.benchmarks.test_answer_styles   # the table of agreement, wrong-letter and unparsed rates
