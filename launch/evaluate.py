@@ -152,8 +152,9 @@ def run_score(args: argparse.Namespace) -> dict:
                              f"({str(e).splitlines()[0]})") from e
     explained = [explained_key(value, index, splits) for value in args.explain]
     items = score_responses(questions, responses, judge=judge)
+    scored = {item.question.key: item for item in items}
     for key in explained:
-        print(explanation(index[key], responses.get(key), next(i for i in items if i.question.key == key)))
+        print(explanation(index[key], responses.get(key), scored[key]))
     summary = summarize(args.benchmark, items, unknown)
     write_outputs(args.out, items, summary, args.evalai)
     return summary
@@ -171,13 +172,11 @@ def explained_key(value: str, index: dict, splits: list[str]) -> tuple[str, str]
 
 def explanation(question: Question, response: str | None, item: Any) -> str:
     """How an item was decided: the rule and its words (answers.extract), the judge if it was asked, the verdict."""
-    from datamodules.benchmarks.answers import extract
-
     head = f"{question.split}/{question.id}: "
     if response is None:
         return head + "no response (missing: scored wrong)"
     shown = " ".join(response.split())
-    lines = [head + extract(response, question.options).explain(),
+    lines = [head + item.extraction.explain(),
              f"  response: {shown[:300]}{' ...' if len(shown) > 300 else ''}",
              "  options:  " + "; ".join(f"{k}. {v}" for k, v in question.options.items())]
     if item.method == "judge":

@@ -67,8 +67,9 @@ NOT_ROTATING = "_not_rotating_"
 TOWARDS_CAMERA = "_towards_camera_"
 AWAY_FROM_CAMERA = "_away_from_camera_"
 ABSENT = "_absent_"
-SIDES = {"left": "left", "right": "right", "top": "down", "bottom": "up", "up": "up", "down": "down"}
+# a side of the frame -> the direction of a movement that ends there ("from the bottom to the top" is up)
 SIDE_DESTINATION = {"left": "left", "right": "right", "top": "up", "bottom": "down", "up": "up", "down": "down"}
+SIDES = set(SIDE_DESTINATION)
 DIRECTION_WORDS = {"left", "right", "up", "down", "towards", "away", "closer", "forward", "backward", "clockwise",
                    "counterclockwise", TOWARDS_CAMERA, AWAY_FROM_CAMERA, "north", "south", "east", "west"}
 
@@ -98,7 +99,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
             "is not in motion", "not in motion", "stays still", "stay still", "staying still", "stays in place",
             "stay in place", "staying in place", "stays in the same place", "stays in the same position",
             "stays in the same spot", "stays where it is", "stays where he is", "stays where she is",
-            "stays where they are", "stay where they are", "remains where it is", "remains still", "remain still", "remaining still",
+            "stays where they are", "stay where they are", "remains where it is", "remains still", "remain still",
+            "remaining still",
             "remains stationary", "remain stationary", "remaining stationary", "remains in place",
             "remains in the same place", "remains in the same position", "remains in the same spot", "remains static",
             "stands still", "standing still", "stood still", "stationary", "motionless", "no movement", "no motion",

@@ -55,6 +55,8 @@ CHOOSE_VERBS = ("choose", "chose", "pick", "select", "go")
 CONCLUSION_WORDS = ("so", "therefore", "thus", "hence", "overall", "conclusion")
 REASON_WORDS = ("because", "since", "as", "given")  # may follow a concluding letter: "So C, because ..."
 _SENTENCE_END = re.compile(r"(?<!\b[A-Za-z])[.!?;](?=\s|$)|\n")  # not "B." (a letter's period)
+_ORDINAL_CORRECT = re.compile(r"\s+(?:is|seems|looks)\s+(?:to\s+be\s+)?(?:the\s+)?(?:correct|right|best)|\s+describes"
+                              r"|\s+fits", re.I)
 _LETTER_DELIMS = re.compile(r"[ \t.:)\]\-,]*")  # not newlines: a letter on its own line has no clause
 # "B. Explanation: in the first frame ..." and "B because ..." are reasoning after the letter
 _EXPLANATION = re.compile(r"[)\]\"']?[.!:,]?\s*(?:explanation|reason(?:ing)?|because|since)\b", re.I)
@@ -218,9 +220,7 @@ class _Reader:
         for m in pat["is_correct"].finditer(text):  # "B is correct", "option C seems to be the best"
             found.append((False, m.start(), _key(m.group("letter"), options), m.group(0)))
         for m in pat["ordinal"].finditer(text):  # "the third option is correct"
-            rest = text[m.end():m.end() + 40].lower()
-            if re.match(r"\s+(?:is|seems|looks)\s+(?:to\s+be\s+)?(?:the\s+)?(?:correct|right|best)|\s+describes|\s+fits",
-                        rest) and (key := self.ordinal_key(m.group(1))) is not None:
+            if _ORDINAL_CORRECT.match(text, m.end()) and (key := self.ordinal_key(m.group(1))) is not None:
                 found.append((False, m.start(), key, text[m.start():m.end() + 20].strip()))
         for m in pat["statement"].finditer(text):
             final = bool(m.group("final") or m.group("final2"))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from datamodules.benchmarks.answers import Judge, extract
+from datamodules.benchmarks.answers import Extraction, Judge, extract
 from datamodules.benchmarks.questions import (MMWORLD_FLAGS, MMWORLD_SPLIT, VLM4D_GROUPS, VLM4D_SPLITS,
                                               BenchmarkFileError, QKey, Question, VideoReport, mmworld_id)
 from datamodules.files import atomic_write_text
@@ -129,7 +129,7 @@ class ScoredItem:
     question: Question
     extracted: str | None
     method: str  # rule | judge | unparsed | missing
-    rule: str = ""  # the extraction rule that decided (answers.RULES) or why none did
+    extraction: Extraction | None = None  # how the rules read the response (None: no response)
 
     @property
     def correct(self) -> bool:
@@ -138,7 +138,8 @@ class ScoredItem:
     def to_dict(self) -> dict[str, Any]:
         q = self.question
         return {"split": q.split, "id": q.id, "extracted": self.extracted, "answer": q.answer_letter,
-                "correct": self.correct, "method": self.method, "rule": self.rule}
+                "correct": self.correct, "method": self.method,
+                "rule": self.extraction.rule if self.extraction is not None else ""}
 
 
 def score_responses(questions: Iterable[Question], responses: Mapping[QKey, str | None],
@@ -155,7 +156,7 @@ def score_responses(questions: Iterable[Question], responses: Mapping[QKey, str 
         if letter is None and judge is not None and response.strip():
             letter = judge(response, q.options, q.question)
             method = "judge"
-        items.append(ScoredItem(q, letter, method if letter is not None else "unparsed", extraction.rule))
+        items.append(ScoredItem(q, letter, method if letter is not None else "unparsed", extraction))
     return items
 
 
