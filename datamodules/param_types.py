@@ -7,7 +7,9 @@ Used as `typing.Annotated` metadata, so the parameter keeps its plain type for e
   `target`'s signature with the rest of the config (unknown keys with "did you mean", types, missing keys).
 - `ModelSource()`: a string naming a model: a local directory or a Hugging Face hub id. The checker decides
   before anything runs whether it can be loaded (a local directory, the local Hugging Face cache, one short hub
-  lookup), so a mistyped path is one line, not a minute of retries and a traceback.
+  lookup), so a mistyped path is one line, not a minute of retries and a traceback. `model_source_problem` is
+  that decision; a class may also call it from its `config_problems` where a model is only sometimes used (CPL's
+  BERTScore scorer).
 """
 
 from __future__ import annotations

@@ -191,13 +191,8 @@ class ShardDataModule(L.LightningDataModule):
     # -- what methods override ---------------------------------------------------------------------------------
     @classmethod
     def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
-        """What the config checker (launch/config.py) reports before anything runs: the validation set names."""
-        val = params.get("val")
-        return cls.val_name_problems(list(val)) if isinstance(val, Mapping) else []
-
-    @classmethod
-    def val_name_problems(cls, names: list[str]) -> list[tuple[str, str]]:
-        """(`val.NAME`, message) for validation set names the data cannot mean; any name is fine here."""
+        """(param, message) for values a method's data cannot mean, reported by the config checker (launch/config.py)
+        before anything runs and by the constructor; any validation set name is fine here."""
         return []
 
     def make_sample(self, split: str) -> Callable[[dict[str, Any]], dict[str, Any]]:

@@ -5,8 +5,8 @@ Format ("worldbridge-shards/1"):
   slashes in KEY), members of a sample in sorted EXT order; every member has mtime=0, uid=gid=0,
   uname=gname="", mode 0o444, so the same input gives byte-identical shards;
 - shards are written under a temporary name (datamodules/files.py) and renamed when complete; `index.json` is written
-  last, atomically, only after every shard is in place. A shard is closed before a sample that would take it past `shard_size`
-  bytes (a lone sample larger than that gets a shard of its own) or past `max_samples` samples;
+  last, atomically, only after every shard is in place. A shard is closed before a sample that would take it past
+  `shard_size` bytes (a lone sample larger than that gets a shard of its own) or past `max_samples` samples;
 - `index.json`: {"format", "name", "shards": [{"file", "samples", "bytes", "sha256", "first_key", "offsets"}],
   "total_samples", "keys", "metadata", "command", "seed"}; `offsets[i]` is the byte offset of sample i's first
   tar header in its shard.

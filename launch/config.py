@@ -165,14 +165,14 @@ def command_line_bases(overrides: list[Override], issues: list[ConfigIssue]) -> 
     return bases
 
 
-_ABSENT = object()
+_MISSING = object()
 
 
 def _apply_override(merged: DictConfig, o: Override, sources: dict[str, str], issues: list[ConfigIssue]) -> None:
     """Set (or append) one command-line value; every key it creates or sets is the command line's."""
     parts = o.key.split(".")
     created = [".".join(parts[:i]) for i in range(1, len(parts) + 1)
-               if OmegaConf.select(merged, ".".join(parts[:i]), default=_ABSENT) is _ABSENT]
+               if OmegaConf.select(merged, ".".join(parts[:i]), default=_MISSING) is _MISSING]
     for i in range(1, len(parts)):  # an index one past a list's end appends (callbacks.2.target=... on two callbacks)
         prefix = ".".join(parts[:i])
         node = OmegaConf.select(merged, prefix, default=None)

@@ -14,7 +14,7 @@ and in lightning_modules/clip_scorer.py, ClipScorer: the option whose text is ne
 A LightningModule offers one for validation through `benchmark_responder()`.
 
 A responder class may define `config_problems(params, check_files=True) -> [(param, message)]`: checks of its
-config values that `launch/evaluate.py run` reports together with every other config problem.
+config values that the config checker (launch/config.py) reports together with every other config problem.
 
 This module imports no torch / transformers at import time: configs are checked without loading them.
 """

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 
@@ -139,9 +139,11 @@ class ClipClassificationData(ClipData):
     task, kind = "classification", ""
 
     @classmethod
-    def val_name_problems(cls, names: list[str]) -> list[tuple[str, str]]:
-        """Base-to-new reads the sets named base and new (and their harmonic mean): a set named one typo away from
-        one of them while that one is missing is a mistake, not a set of its own."""
+    def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """Base-to-new reads the validation sets named base and new (and their harmonic mean): a set named one typo
+        away from one of them while that one is missing is a mistake, not a set of its own."""
+        val = params.get("val")
+        names = list(val) if isinstance(val, Mapping) else []
         missing = [name for name in BASE_TO_NEW if name not in names]
         return [(f"val.{name}", f"'{name}' looks like {close[0]}, which is missing (base-to-new reads the sets named "
                                 f"base and new): rename it, or give it a name unlike both")

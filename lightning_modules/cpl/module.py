@@ -35,7 +35,7 @@ from datamodules.param_types import KwargsOf, model_source_problem
 from lightning_modules.clip_scorer import ClipScorer
 from lightning_modules.cpl.counterfactual import (class_logits, contrastive_loss, counterfactual, pick_negatives,
                                                   search_mask)
-from lightning_modules.cpl.negatives import ScorerSpec
+from lightning_modules.cpl.negatives import ScorerSpec, bertscore_scores, top_k_negatives
 from lightning_modules.cpl.prompt_learner import PromptLearner, check_class_names
 from lightning_modules.frozen_clip import FrozenCLIP
 
@@ -176,8 +176,6 @@ class CPLModule(L.LightningModule):
         self.val_metric = torch.nn.ModuleList([metric(len(c)) for c in val_classes])
         self.zero_shot_metric = torch.nn.ModuleList([metric(len(c)) for c in val_classes])
         if hp.variant == "cpl" and self.negative_scores is None:
-            from lightning_modules.cpl.negatives import bertscore_scores, top_k_negatives
-
             if len(negative_texts) > hp.max_negative_texts:
                 raise ValueError(f"{len(negative_texts)} training texts for BERTScore negatives (an n x n matrix) "
                                  f"exceed model.params.max_negative_texts={hp.max_negative_texts}: train on a "
