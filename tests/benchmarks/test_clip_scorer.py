@@ -12,24 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer, CLIPModel
 
-from datamodules.benchmarks import load_questions, resolve_video, sample_frames
-from datamodules.benchmarks.synthetic import write_synthetic_vlm4d
 from datamodules.errors import ParamError
 from datamodules.transforms import CLIP_MEAN, CLIP_STD
-from lightning_modules.clip_pretrain.random_clip import write_random_clip
 from lightning_modules.clip_scorer import ClipScorer
-
-
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("clip-scorer")
-    written = write_synthetic_vlm4d(root / "vlm4d", videos=4, frames=6, size=24)
-    questions = []
-    for split, path in written["questions"].items():
-        questions += load_questions("vlm4d", path, split)
-    frames = [sample_frames(resolve_video(q, written["video_root"]), 4) for q in questions]
-    return {"root": root, "clip": write_random_clip(root / "clip", image_size=16), "questions": questions,
-            "frames": frames}
 
 
 def reference_scores(clip_dir: Path, texts: list[str], frames: np.ndarray) -> torch.Tensor:
@@ -54,21 +39,21 @@ def reference_scores(clip_dir: Path, texts: list[str], frames: np.ndarray) -> to
     return F.normalize(text, dim=-1) @ video
 
 
-def test_picks_the_option_nearest_the_video(bench):
-    scorer = ClipScorer(pretrained=str(bench["clip"]), template="{option}", device="cpu")
-    questions, frames = bench["questions"], bench["frames"]
+def test_picks_the_option_nearest_the_video(clip_bench):
+    scorer = ClipScorer(pretrained=str(clip_bench["clip"]), template="{option}", device="cpu")
+    questions, frames = clip_bench["questions"], clip_bench["frames"]
     scores = scorer.option_scores(questions, frames)
     answers = scorer.respond(questions, frames)
     for q, f, score, answer in zip(questions, frames, scores, answers):
-        expected = reference_scores(bench["clip"], list(q.options.values()), f)
+        expected = reference_scores(clip_bench["clip"], list(q.options.values()), f)
         assert torch.allclose(torch.tensor(list(score.values())), expected, atol=1e-4)
         assert answer == list(q.options)[int(expected.argmax())]
     assert len(set(answers)) > 1  # not one letter for everything
 
 
-def test_a_known_nearest_option_wins(bench, monkeypatch):
+def test_a_known_nearest_option_wins(clip_bench, monkeypatch):
     """Text features built so that 'down' lies along the video feature: every question offering it answers it."""
-    scorer = ClipScorer(pretrained=str(bench["clip"]), device="cpu")
+    scorer = ClipScorer(pretrained=str(clip_bench["clip"]), device="cpu")
     dim = 16
     monkeypatch.setattr(scorer.clip, "encode_image", lambda pixels: torch.ones(pixels.shape[0], dim))
 
@@ -77,15 +62,15 @@ def test_a_known_nearest_option_wins(bench, monkeypatch):
         return torch.stack([torch.ones(dim) if t.endswith(" down") else r for t, r in zip(texts, others)])
 
     monkeypatch.setattr(scorer.clip, "encode_texts", encode_texts)
-    asked = [q for q in bench["questions"] if "down" in q.options.values()]
-    frames = [bench["frames"][bench["questions"].index(q)] for q in asked]
+    asked = [q for q in clip_bench["questions"] if "down" in q.options.values()]
+    frames = [clip_bench["frames"][clip_bench["questions"].index(q)] for q in asked]
     assert asked and scorer.respond(asked, frames) == [
         next(k for k, v in q.options.items() if v == "down") for q in asked]
 
 
-def test_long_questions_lose_leading_words_never_the_option(bench):
-    scorer = ClipScorer(pretrained=str(bench["clip"]), device="cpu")
-    q = bench["questions"][0]
+def test_long_questions_lose_leading_words_never_the_option(clip_bench):
+    scorer = ClipScorer(pretrained=str(clip_bench["clip"]), device="cpu")
+    q = clip_bench["questions"][0]
     short = scorer.option_texts(q)
     assert short == [f"{q.question} {option}" for option in q.options.values()]
     long = replace(q, question="in this video of a red circle on a background " * 6 + q.question)
@@ -100,9 +85,9 @@ def test_long_questions_lose_leading_words_never_the_option(bench):
     assert any(len(scorer.clip.token_ids(f"{previous} {text}")) > budget for text in texts)
 
 
-def test_refuses_what_it_cannot_score(bench):
+def test_refuses_what_it_cannot_score(clip_bench):
     with pytest.raises(ParamError) as refused:
         ClipScorer(pretrained="", template="{question}", batch_size=0)
     assert [name for name, _ in refused.value.problems] == ["pretrained", "template", "batch_size"]
     with pytest.raises(ParamError, match="template: .*only"):
-        ClipScorer(pretrained=str(bench["clip"]), template="{option} {answer}")
+        ClipScorer(pretrained=str(clip_bench["clip"]), template="{option} {answer}")

@@ -13,12 +13,11 @@ from datamodules.errors import ParamError
 from lightning_modules.clip_scorer import ClipScorer
 from lightning_modules.cpl.inference import CPLScorer
 from lightning_modules.cpl.module import CPLModule
-from tests.benchmarks.test_clip_scorer import bench  # noqa: F401 (the fixture: synthetic VLM4D + a tiny CLIP)
 
 
-def cpl_checkpoint(bench: dict, path: Path, variant: str) -> tuple[CPLModule, dict]:
+def cpl_checkpoint(clip_bench: dict, path: Path, variant: str) -> tuple[CPLModule, dict]:
     """A CPLModule whose prompts moved away from their initialisation, saved as Lightning saves it."""
-    module = CPLModule(clip={"pretrained": str(bench["clip"])}, variant=variant, n_ctx=4, ctx_init=None, seed=3)
+    module = CPLModule(clip={"pretrained": str(clip_bench["clip"])}, variant=variant, n_ctx=4, ctx_init=None, seed=3)
     module.configure_classes(["red circle", "blue square"], {"base": ["red circle", "blue square"]})
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -31,9 +30,9 @@ def cpl_checkpoint(bench: dict, path: Path, variant: str) -> tuple[CPLModule, di
 
 
 @pytest.mark.parametrize("variant", ["coop", "cocoop"])
-def test_cpl_checkpoint_scores_with_its_learned_prompts(bench, tmp_path, variant):
-    module, checkpoint = cpl_checkpoint(bench, tmp_path / "cpl.ckpt", variant)
-    questions, frames = bench["questions"], bench["frames"]
+def test_cpl_checkpoint_scores_with_its_learned_prompts(clip_bench, tmp_path, variant):
+    module, checkpoint = cpl_checkpoint(clip_bench, tmp_path / "cpl.ckpt", variant)
+    questions, frames = clip_bench["questions"], clip_bench["frames"]
     scorer = CPLScorer(cpl_checkpoint=str(tmp_path / "cpl.ckpt"), device="cpu")
     loaded = scorer.prompts.state_dict()
     assert loaded.keys() == {k[len("prompts."):] for k in checkpoint["state_dict"]}
@@ -55,12 +54,12 @@ def test_cpl_checkpoint_scores_with_its_learned_prompts(bench, tmp_path, variant
     assert module.benchmark_responder().respond(questions, frames) == scorer.respond(questions, frames)
     assert prompts.class_names == ["red circle", "blue square"]
     # and the learned prompts matter: the frozen CLIP alone answers differently
-    zero_shot = ClipScorer(pretrained=str(bench["clip"]), device="cpu")
+    zero_shot = ClipScorer(pretrained=str(clip_bench["clip"]), device="cpu")
     assert zero_shot.option_scores(questions, frames) != scorer.option_scores(questions, frames)
 
 
-def test_cpl_checkpoint_without_learned_prompts_is_refused(bench, tmp_path):
-    _, checkpoint = cpl_checkpoint(bench, tmp_path / "cpl.ckpt", "coop")
+def test_cpl_checkpoint_without_learned_prompts_is_refused(clip_bench, tmp_path):
+    _, checkpoint = cpl_checkpoint(clip_bench, tmp_path / "cpl.ckpt", "coop")
     checkpoint["state_dict"] = {}
     torch.save(checkpoint, tmp_path / "empty.ckpt")
     with pytest.raises(ValueError, match="no learned prompts"):
