@@ -21,6 +21,10 @@ An option whose whole text is one word of such a phrase ("away", "closer", "stat
 negation word within NEGATION_REACH words before, in its clause ("does not turn left"); a rejection after, in its
 sentence ('"left" can be ruled out', 'as for (B), it does not fit'); inside a longer option's mention; or an option
 text such as "not moving" that negates the option text right after it ("not moving left").
+
+`restated_options` finds the options whose content words (FUNCTION_WORDS left out, one suffix cut: "grasping",
+"grasps" and "grasp" meet) a sentence states in full, in any order: the conclusion rule's reading of a closing
+sentence that restates an option without quoting it.
 """
 
 from __future__ import annotations
@@ -455,3 +459,47 @@ def _mentions(text: str, option_items: tuple[tuple[str, str], ...]) -> tuple[Men
 def named_options(text: str, options: Mapping[str, str]) -> list[str]:
     """The distinct options named in `text`, in the order of their first mention."""
     return list(dict.fromkeys(m.key for m in option_mentions(text, options)))
+
+
+# -- an option restated in other words ---------------------------------------------------------------------------
+# Words that carry no content of an option: "To reduce swelling" and "which reduces swelling" say the same thing.
+FUNCTION_WORDS = {"a", "an", "the", "to", "of", "in", "on", "at", "by", "for", "with", "and", "or", "it", "its", "is",
+                  "are", "was", "were", "be", "been", "being", "would", "will", "could", "can", "should", "may",
+                  "might", "he", "she", "they", "them", "his", "her", "their", "this", "that", "these", "those", "s",
+                  "yes", "no", "from", "into", "as", "more", "than", "then", "there", "do", "does", "did"}
+_SUFFIXES = ("ing", "ed", "es", "s", "e")  # one is cut, so "grasping", "grasps" and "grasp" share a stem
+MIN_STEM = 3
+
+
+def stem(word: str) -> str:
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= MIN_STEM:
+            return word[:-len(suffix)]
+    return word
+
+
+def content_stems(text: str) -> frozenset[str]:
+    """The stems of a text's canonical words other than FUNCTION_WORDS (phrase words such as `_still_` kept)."""
+    return frozenset(stem(w.text) for w in words(text) if w.is_word and w.text not in FUNCTION_WORDS)
+
+
+def _denies(text: str) -> bool:
+    return any(w.text in NEGATION_WORDS or w.text in CLAUSE_NEGATIONS for w in words(text)) \
+        or REJECTIONS.search(text) is not None
+
+
+def restated_options(sentence: str, options: Mapping[str, str]) -> list[str]:
+    """The options whose content the sentence states in full, in any order and inflection ("grasping the mug by
+    its handle" for "Grasp the mug by its handle"): an option needs two content words, or one phrase word
+    (`_still_`); a sentence that negates or rejects anything the option does not itself say restates nothing."""
+    have = content_stems(sentence)
+    found = []
+    for key, value in options.items():
+        need = content_stems(str(value))
+        if not need or (len(need) < 2 and not next(iter(need)).startswith("_")) or not need <= have:
+            continue
+        if _denies(sentence) and not _denies(str(value)):
+            continue
+        found.append(str(key))
+    return found
+

@@ -17,9 +17,12 @@ and the words that decided; and an optional local LLM judge for what the rules l
 5. conclusion -- the response's last words: a closing letter ("Not c. d."), an option restated after the options
    were listed back, or the last of its closing sentences (at most CONCLUSION_SENTENCES, on its last
    CONCLUSION_LINES lines) that names an option, if it names exactly one (by a marked letter or by its text):
-   "... so the hoop stays in place." after an analysis of every option.
+   "... so the hoop stays in place." after an analysis of every option; a sentence naming none may state one
+   option's content in other words ("... which reduces swelling and inflammation." for "To reduce swelling and
+   inflammation": answer_text.restated_options).
 6. marked letter -- every marked letter in the response ("(B)", "option B", a capital standing alone) is the same.
-7. option text -- exactly one option's text is named anywhere in the response.
+7. option text -- exactly one option's text is named anywhere in the response, and the response was not cut off
+   mid-sentence (a length limit stops a model before it concludes: what it named on the way is no answer).
 
 A statement with nothing after it ("The final answer is:" ending the response) names nothing: the rules below it
 read what came before. An option's text is found however it is worded (answer_text.py: number words are digits,
@@ -38,7 +41,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from datamodules.benchmarks.answer_text import named_options, option_mentions, rejected_after, strip_markup
+from datamodules.benchmarks.answer_text import (named_options, option_mentions, rejected_after, restated_options,
+                                               strip_markup)
 
 RULES = ("whole", "final statement", "answer statement", "leading letter", "conclusion", "marked letter",
          "option text")
@@ -300,6 +304,8 @@ class _Reader:
                 return Extraction(_key(lone.group(1), options), "conclusion", sentence)
             keys = {k for _, _, k in self.letter_mentions(start, end)}
             keys |= set(named_options(text[start:end], options))
+            if not keys:  # an option's content stated in other words: "... which reduces swelling and inflammation."
+                keys = set(restated_options(sentence, options))
             if len(keys) == 1:
                 return Extraction(keys.pop(), "conclusion", sentence)
             if keys:
@@ -310,12 +316,22 @@ class _Reader:
         if len(lettered) == 1 and set(named) <= lettered:
             s, e, key = letters[-1]
             return Extraction(key, "marked letter", text[s:e])
-        if not lettered and len(named) == 1:
+        if not lettered and len(named) == 1 and not _cut_off(text):
             mention = next(m for m in option_mentions(text, options) if m.key == named[0])
             return Extraction(named[0], "option text", text[mention.start:mention.end])
         if lettered or named:
             return Extraction(None, UNPARSED, f"names {' and '.join(sorted(lettered | set(named)))}")
         return Extraction(None, UNPARSED, "names no option")
+
+
+_FINISHED = re.compile(r"[.!?)\]\"'*:]\s*$")
+
+
+def _cut_off(text: str) -> bool:
+    """A response of several sentences that stops mid-sentence was cut off (a length limit) before it concluded: an
+    option it named on the way, further back than its closing sentences, is no answer. (Closing sentences still
+    conclude without a final period: models often leave it out.)"""
+    return len(_sentences(text)) > 1 and not _FINISHED.search(text)
 
 
 def _first_sentence(text: str) -> str:

@@ -156,6 +156,31 @@ def test_each_rule_decides_and_says_on_which_words(response, rule, choice, evide
     assert extraction.explain() == f"{rule}: {choice}, from {evidence!r}"
 
 
+MECHANISM = {"A": "Push the mug off the table", "B": "Grab the mug by the rim with one finger",
+             "C": "Grasp the mug by its handle", "D": "Tilt the mug to pour out the coffee"}
+
+
+@pytest.mark.parametrize("response, expected", [
+    # a closing sentence that states one option's content in other words and inflections decides
+    ("Pushing it would spill the coffee. The stable way is grasping the mug by its handle.", "C"),
+    ("Option A spills. Option B tips it over. The robot grasps the mug by the handle.", "C"),
+    # ... unless it negates or rejects what the option says, or states two options
+    ("Pushing it spills. It is not grasping the mug by its handle.", None),
+    ("It is grasping the mug by its handle and tilting the mug to pour out the coffee.", None),
+    # one content word is too little to restate an option ("mug" is in all four)
+    ("The robot looks at the mug.", None),
+])
+def test_a_closing_sentence_restating_an_option_in_other_words(response, expected):
+    assert extract_choice(response, MECHANISM) == expected
+
+
+def test_a_response_cut_off_mid_sentence_chose_nothing_on_the_way():
+    cut = ("1. The glider starts near the right side of the frame.\n2. It passes the tall tree.\n"
+           "3. Its size stays the same, so its distance from the camera is")
+    assert extract_choice(cut, DIRECTIONS) is None
+    assert extract_choice(cut + " constant.", DIRECTIONS) == "A"
+
+
 def test_an_unparsed_response_says_why():
     assert extract("Either A or C could be right.", DIRECTIONS).explain() == "unparsed: no option, from 'names A and C'"
     assert extract("I cannot tell from these frames.", DIRECTIONS).evidence == "names no option"
