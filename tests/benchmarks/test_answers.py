@@ -123,7 +123,7 @@ def test_long_responses_do_not_stall_extraction():
                      "(" + " " * 5000 + "B" + " " * 5000 + ")", "left " * 20000,
                      "left and towards the camera " * 5000):
         extract_choice(response, DIRECTIONS)
-    assert time.perf_counter() - start < 1.0
+    assert time.perf_counter() - start < 3.0  # about 1 s on a loaded 2-core machine; a quadratic scan takes minutes
     assert extract_choice("Answer" + "\n" * 5000 + "The car moves left.", DIRECTIONS) == "B"
     assert extract_choice("(" + " " * 5000 + "B" + " " * 5000 + ")", DIRECTIONS) == "B"
 
