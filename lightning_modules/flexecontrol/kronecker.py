@@ -11,7 +11,9 @@ and column are cut short).
 
 The update is a torch.nn.utils.parametrize parametrization of the layer's `weight`: the layer stays an nn.Linear /
 nn.Conv2d (diffusers' attention code is untouched), and W + dW is formed inside that layer's forward, one layer at a
-time. peft's LoKr has per-layer factors only (it cannot share H across layers), hence this module.
+time. As for any weight in the graph, autograd keeps a layer's W + dW until its backward; under gradient checkpointing
+only the blocks being recomputed hold theirs. peft's LoKr has per-layer factors only (it cannot share H across
+layers), hence this module.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ def merge_kronecker_updates(module: nn.Module) -> list[str]:
     return names
 
 
-def load_into_adapted(module: nn.Module, plain_state: dict[str, torch.Tensor]) -> None:
+def load_plain_state_dict(module: nn.Module, plain_state: dict[str, torch.Tensor]) -> None:
     """Load a state dict of the module's plain layout (`<layer>.weight`) into a module whose layers carry
     KroneckerUpdates (`<layer>.parametrizations.weight.original`); every tensor except the updates' u, v must be
     given, and nothing else."""

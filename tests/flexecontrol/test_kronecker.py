@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 
 from datamodules.errors import ParamError
 from lightning_modules.flexecontrol.kronecker import (KroneckerUpdate, SharedKroneckerFactors, add_kronecker_updates,
-                                                      kronecker_layer_names, kronecker_update_of, load_into_adapted,
+                                                      kronecker_layer_names, kronecker_update_of, load_plain_state_dict,
                                                       merge_kronecker_updates)
 
 
@@ -159,8 +159,8 @@ def test_load_plain_weights_into_adapted_layers():
     torch.manual_seed(6)
     source, target = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6)), nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6))
     add_kronecker_updates(target, SharedKroneckerFactors(2), rank=1, alpha=1.0)
-    load_into_adapted(target, source.state_dict())
+    load_plain_state_dict(target, source.state_dict())
     x = torch.randn(3, 4)
     torch.testing.assert_close(target(x), source(x))
     with pytest.raises(ValueError, match="missing"):
-        load_into_adapted(target, {"0.weight": source[0].weight})
+        load_plain_state_dict(target, {"0.weight": source[0].weight})
