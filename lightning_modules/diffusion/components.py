@@ -64,20 +64,19 @@ class DiffusionParts:
         return self.vae is None
 
 
-def unet_model_class(name: str) -> type:
-    import diffusers
-
-    return getattr(diffusers, name)
-
-
 def _model_class(part: str, unet_class: str) -> type:
-    return {"unet": lambda: unet_model_class(unet_class), "vae": lambda: AutoencoderKL,
-            "text_encoder": lambda: CLIPTextModel}[part]()
+    """The class of a model part: the UNet's is named by `unet_class` (one of UNET_CLASSES)."""
+    if part == "unet":
+        import diffusers
+
+        return getattr(diffusers, unet_class)
+    return AutoencoderKL if part == "vae" else CLIPTextModel
 
 
 @functools.cache
 def _init_parameters(cls: type) -> tuple[str, ...] | None:
-    """Keyword arguments a config may set for a diffusers class (its registered __init__); None: anything goes."""
+    """Keyword arguments a config may set for a diffusers model or scheduler class (its __init__'s, which
+    register_to_config records); None when it takes any keyword."""
     params = inspect.signature(cls.__init__).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return None
