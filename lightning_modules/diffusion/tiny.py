@@ -1,0 +1,60 @@
+"""A tiny random SD-1.x-style text-to-image pipeline directory: what tests and tiny configs load instead of a real
+Stable Diffusion, through the same `from_pretrained` code (components.load_diffusion_parts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from lightning_modules.clip_pretrain.random_clip import WORDS
+from lightning_modules.clip_pretrain.tokenizer import build_tokenizer
+from lightning_modules.diffusion.components import DiffusionParts, save_diffusion_parts
+
+TEXT_WIDTH = 32  # the text encoder's hidden size = the UNet's cross_attention_dim
+LATENT_CHANNELS = 4
+
+
+def tiny_unet(sample_size: int, channels: int) -> UNet2DConditionModel:
+    """Two resolution levels, cross-attention at the outer one and in the middle block, ~0.8M parameters."""
+    return UNet2DConditionModel(
+        sample_size=sample_size, in_channels=channels, out_channels=channels, block_out_channels=(32, 64),
+        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH, attention_head_dim=8,
+        norm_num_groups=8)
+
+
+def tiny_vae(image_size: int, channels: int) -> AutoencoderKL:
+    """Two levels (latents at half the image size), LATENT_CHANNELS latent channels."""
+    return AutoencoderKL(
+        in_channels=channels, out_channels=channels, latent_channels=LATENT_CHANNELS, block_out_channels=(16, 32),
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1,
+        norm_num_groups=8, sample_size=image_size)
+
+
+def write_tiny_text_to_image(directory: str | Path, *, image_size: int = 32, channels: int = 3, vae: bool = False,
+                             seed: int = 0) -> Path:
+    """Write a random tiny pipeline (unet/, text_encoder/, tokenizer/, scheduler/, with `vae` also vae/) to
+    `directory` and return it. The same seed gives the same weights; the global random state is left as it was."""
+    if image_size < 4 or image_size % 4:
+        raise ValueError(f"image_size must be a multiple of 4 (two halvings), got {image_size}")
+    tokenizer = build_tokenizer(WORDS)
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(text_config)
+        autoencoder = tiny_vae(image_size, channels) if vae else None
+        unet = (tiny_unet(image_size // 2, LATENT_CHANNELS) if vae else tiny_unet(image_size, channels))
+    if vae:  # SD-1.x's noise schedule
+        scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                  clip_sample=False, steps_offset=1)
+    else:  # DDPM's pixel-space schedule, samples clipped to the image range
+        scheduler = DDPMScheduler()
+    parts = DiffusionParts(unet=unet, vae=autoencoder, text_encoder=text_encoder, tokenizer=tokenizer,
+                           scheduler=scheduler)
+    return save_diffusion_parts(parts, directory)
