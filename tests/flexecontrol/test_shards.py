@@ -150,11 +150,10 @@ def test_sketch_of_a_flat_image_is_black_and_in_range():
     assert noisy.dtype == np.uint8 and 0 < noisy.max() <= 255
 
 
-def test_resize_and_centre_crop_and_a_jpeg_source(tmp_path, rows_file):
-    Image.fromarray(block_image(40, 60, 7)).save(rows_file.parent / "images" / "wide.jpg", quality=90)
-    rows = tmp_path / "jpeg.csv"
+def test_resize_and_centre_crop_and_a_jpeg_source(tmp_path):
     (tmp_path / "images").mkdir()
-    (tmp_path / "images" / "wide.jpg").write_bytes((rows_file.parent / "images" / "wide.jpg").read_bytes())
+    Image.fromarray(block_image(40, 60, 7)).save(tmp_path / "images" / "wide.jpg", quality=90)
+    rows = tmp_path / "jpeg.csv"
     rows.write_text("image,caption\nimages/wide.jpg,\"a wide one, in JPEG\"\n")
     kept = write_control_image_shards(tmp_path / "kept", rows_file=rows, conditions=["canny"])
     assert kept["metadata"]["image_ext"] == "jpg" and kept["keys"] == ["canny.png", "jpg", "json"]
