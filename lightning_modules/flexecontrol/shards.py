@@ -170,10 +170,12 @@ def load_rgb(path: str | Path, size: int | None) -> np.ndarray:
     return rgb if size is None else fit_to_size(rgb, size)
 
 
-def check_model_dir(model: str | Path | None, condition: str, arg: str, conditions: Sequence[str]) -> Path | None:
+def check_model_dir(model: str | Path | None, condition: str, task: str, arg: str,
+                    conditions: Sequence[str]) -> Path | None:
+    """The local model directory `arg` names, which `condition` needs and nothing else uses."""
     if condition in conditions and model is None:
         raise UsageError(f"{arg}: the {condition} condition needs it (a local directory holding a transformers "
-                         f"{condition} model with its image processor)")
+                         f"{task} model and its image processor)")
     if model is None:
         return None
     if condition not in conditions:
@@ -302,8 +304,8 @@ def write_control_image_shards(out: Path, *, rows_file: Path, conditions: str | 
         if name not in IMAGE_CONDITIONS:
             raise UsageError(f"--conditions: unknown condition type {name!r}{did_you_mean(name, IMAGE_CONDITIONS)} "
                              f"(types: {', '.join(IMAGE_CONDITIONS)})")
-    depth_dir = check_model_dir(depth_model, "depth", "--depth-model", wanted)
-    seg_dir = check_model_dir(seg_model, "seg", "--seg-model", wanted)
+    depth_dir = check_model_dir(depth_model, "depth", "depth-estimation", "--depth-model", wanted)
+    seg_dir = check_model_dir(seg_model, "seg", "image-segmentation", "--seg-model", wanted)
     check_size(size)
     if not 0 <= canny_low <= canny_high:
         raise UsageError(f"--canny-low/--canny-high: need 0 <= low <= high, got {canny_low} and {canny_high}")
