@@ -8,6 +8,8 @@ Kinds:
   vqa                VQAv2 questions + annotations: image, question, answer class, annotators' answer counts
   video              clips of F frames at a stride from videos listed in a .jsonl (PyAV), boxes, motion intensity
   synthetic-control  synthetic shapes plus condition maps (canny edges, segmentation mask, depth-like map)
+  control-images     images + captions from a .jsonl or .csv file, condition maps extracted (canny, sketch, depth, seg)
+  multigen           MultiGen-20M as released (UniControl's json_files/, images/, conditions/), all maps of an image
   synthetic-motion   clips of a shape moving at a random speed: frames (.npy), per-frame boxes, motion intensity
 
 On success it prints one line per dataset directory it wrote (classification: one per split):
@@ -38,7 +40,7 @@ from lightning_modules.mojito import shards as mojito_shards  # noqa: E402
 PROG = "make_shards.py"
 # A method's own kinds: one line per method.
 METHOD_KINDS = (
-    flexecontrol_shards.KIND,
+    *flexecontrol_shards.KINDS,
     mojito_shards.KIND,
 )
 KINDS: dict[str, ShardKind] = {kind.name: kind for kind in (*GENERIC_KINDS, *METHOD_KINDS)}

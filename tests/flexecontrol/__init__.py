@@ -1,0 +1,1 @@
+"""Tests of FlexEControl (lightning_modules/flexecontrol)."""
