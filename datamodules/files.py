@@ -3,15 +3,19 @@
 The one way the project replaces a file: write a temporary file in the same directory (its name carries TMP_MARK, so
 listings such as a run's checkpoints can leave it out), flush and fsync it, rename it over the target, fsync the
 directory. An exception (or a signal) before the rename removes the temporary file and leaves the target untouched.
-A symlink is replaced the same way (`atomic_symlink`).
+A symlink is replaced the same way (`atomic_symlink`), and a directory that takes long to build (a pretrained
+cache entry) appears complete or not at all (`build_directory_once`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable
 
 TMP_MARK = ".tmp-"  # in the name of every temporary file written here: `.NAME.tmp-PID`
 
@@ -117,3 +121,46 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _remove_stale_builds(parent: Path, name: str) -> None:
+    """Temporary directories of interrupted builds of `name` on this host (their process is gone)."""
+    host = socket.gethostname()
+    for tmp in parent.glob(f".{name}.{host}.*.tmp"):
+        try:
+            pid = int(tmp.name[len(f".{name}.{host}."):].split(".", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def build_directory_once(final: str | os.PathLike, build: Callable[[Path, Path], None], marker: str) -> Path:
+    """The directory `final`, built by `build(entry, work)` on the first call: `entry` is where the directory's
+    content goes (it must end with the file `marker`, written last), `work` a scratch directory beside it. Both lie in
+    one temporary directory next to `final`, renamed into place only when complete, so an interrupted build never
+    leaves a directory that looks finished; a later call finds `final/marker` and builds nothing. Two processes
+    building at once: the first rename wins and the other's result is dropped."""
+    final = Path(final)
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_builds(final.parent, final.name)
+    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.{socket.gethostname()}.{os.getpid()}.", suffix=".tmp",
+                                 dir=final.parent))
+    try:
+        entry = work / final.name  # the builder creates it (save_pretrained does)
+        build(entry, work)
+        if not (entry / marker).is_file():
+            raise RuntimeError(f"building {final} wrote no {marker}")
+        try:
+            entry.rename(final)
+        except OSError:
+            if not (final / marker).is_file():  # not a concurrent build that finished first
+                raise
+        fsync_dir(final.parent)
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+

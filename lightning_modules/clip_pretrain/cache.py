@@ -3,7 +3,8 @@
 The first call writes synthetic-shapes shards (datamodules/writers/synthetic_shapes.py, no spurious background),
 pretrains `TinyCLIPPretrain` on them, checks zero-shot accuracy on held-out images and saves the model with
 `save_pretrained`. Everything happens in a temporary directory next to the cache entry, renamed into place only
-when complete: an interrupted run never leaves a directory that looks like a finished model. The entry's name
+when complete (datamodules.files.build_directory_once): an interrupted run never leaves a directory that looks like
+a finished model. The entry's name
 carries a hash of every setting, so a call with the same settings returns the cached path without training and a
 call with other settings trains its own.
 """
@@ -14,10 +15,6 @@ import hashlib
 import inspect
 import json
 import logging
-import os
-import shutil
-import socket
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from datamodules.files import build_directory_once
 from datamodules.writers.common import ShardOptions
 from datamodules.writers.synthetic_shapes import write_synthetic_shapes_shards
 from lightning_modules.clip_pretrain.data import ShapeCaptionData
@@ -95,19 +93,6 @@ def pretrain(train: Path, val: Path, settings: dict[str, Any], out: Path, thread
             "prompt": model.hparams.prompt}
 
 
-def _remove_stale(cache_dir: Path, name: str) -> None:
-    """Temporary directories of interrupted runs on this host (their process is gone)."""
-    host = socket.gethostname()
-    for tmp in cache_dir.glob(f".{name}.{host}.*.tmp"):
-        try:
-            pid = int(tmp.name[len(f".{name}.{host}."):].split(".", 1)[0])
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except (ValueError, PermissionError):
-            continue
-
-
 def tiny_clip_path(cache_dir: str | Path, *, num_train: int = 6000, num_val: int = 600, image_size: int = 32,
                    max_steps: int = 1500, batch_size: int = 128, model: dict[str, Any] | None = None,
                    data: dict[str, Any] | None = None, seed: int = 0) -> Path:
@@ -134,30 +119,15 @@ def ensure_tiny_clip(cache_dir: str | Path, *, num_train: int = 6000, num_val: i
     setting."""
     settings = settings_of(num_train=num_train, num_val=num_val, image_size=image_size, max_steps=max_steps,
                            batch_size=batch_size, seed=seed, model=model, data=data)
-    cache_dir = Path(cache_dir)
-    name = entry_name(settings)
-    final = cache_dir / name
-    if (final / REPORT).is_file():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale(cache_dir, name)
-    work = Path(tempfile.mkdtemp(prefix=f".{name}.{socket.gethostname()}.{os.getpid()}.", suffix=".tmp",
-                                 dir=cache_dir))
-    try:
+    final = Path(cache_dir) / entry_name(settings)
+
+    def build(entry: Path, work: Path) -> None:
         log.info("pretraining a tiny CLIP on synthetic shapes (%d steps) into %s", max_steps, final)
         train = write_shapes(work / "data" / "train", num_train, image_size, seed)
         val = write_shapes(work / "data" / "val", num_val, image_size, seed + 1_000_003)  # other images
-        entry = work / name
-        report = pretrain(train, val, settings, entry, threads)
-        report = {"settings": settings, **report}
+        report = {"settings": settings, **pretrain(train, val, settings, entry, threads)}
         (entry / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-        try:
-            entry.rename(final)
-        except OSError:
-            if not (final / REPORT).is_file():  # not a concurrent run that finished first
-                raise
         log.info("tiny CLIP: zero-shot accuracy %.3f after %.0f s", report["zero_shot"]["accuracy"],
                  report["train_seconds"])
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    return build_directory_once(final, build, REPORT)
