@@ -143,7 +143,7 @@ def check_trainer_section(loaded: LoadedConfig, issues: list[ConfigIssue]) -> No
         issues.append(ConfigIssue(src, "trainer.strategy.gradient_accumulation_steps",
                                   "set trainer.accumulate_grad_batches instead (Lightning passes it to DeepSpeed)"))
     if is_deepspeed(strategy):
-        if _wants_cpu(trainer_cfg):
+        if _wants_cpu(trainer_cfg) and loaded.check_files:  # about this machine: a GPU config is checked anywhere
             issues.append(ConfigIssue(src, "trainer.strategy", f"DeepSpeed needs CUDA GPUs, but this run is on CPU "
                                                                f"(accelerator={trainer_cfg.get('accelerator', 'auto')}); use strategy=ddp or auto"))
         batch = (loaded.cfg.get("data") or {}).get("params", {}).get("batch_size")

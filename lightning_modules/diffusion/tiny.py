@@ -17,13 +17,21 @@ TEXT_WIDTH = 32  # the text encoder's hidden size = the UNet's cross_attention_d
 LATENT_CHANNELS = 4
 
 
-def tiny_unet(sample_size: int, channels: int) -> UNet2DConditionModel:
-    """Two resolution levels, cross-attention at the outer one and in the middle block, ~0.8M parameters."""
-    return UNet2DConditionModel(
-        sample_size=sample_size, in_channels=channels, out_channels=channels, block_out_channels=(32, 64),
-        layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=TEXT_WIDTH, attention_head_dim=8,
-        norm_num_groups=8)
+# Three levels, attention only at the innermost (and the middle block): attention over every pixel of a 32-pixel
+# image costs most of a step on a CPU (measured 3x), and a small image needs no global attention at its outer level.
+DEMO_UNET = {"block_out_channels": (32, 64, 64), "down_block_types": ("DownBlock2D", "DownBlock2D",
+                                                                      "CrossAttnDownBlock2D"),
+             "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")}
+
+
+def tiny_unet(sample_size: int, channels: int, **overrides) -> UNet2DConditionModel:
+    """Two resolution levels, cross-attention at the outer one and in the middle block, ~0.8M parameters;
+    `overrides`: other UNet2DConditionModel arguments (DEMO_UNET)."""
+    settings = {"block_out_channels": (32, 64), "layers_per_block": 1,
+                "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+                "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"), "cross_attention_dim": TEXT_WIDTH,
+                "attention_head_dim": 8, "norm_num_groups": 8, **overrides}
+    return UNet2DConditionModel(sample_size=sample_size, in_channels=channels, out_channels=channels, **settings)
 
 
 def tiny_vae(image_size: int, channels: int) -> AutoencoderKL:
@@ -35,9 +43,10 @@ def tiny_vae(image_size: int, channels: int) -> AutoencoderKL:
 
 
 def write_tiny_text_to_image(directory: str | Path, *, image_size: int = 32, channels: int = 3, vae: bool = False,
-                             seed: int = 0) -> Path:
+                             seed: int = 0, unet: dict | None = None) -> Path:
     """Write a random tiny pipeline (unet/, text_encoder/, tokenizer/, scheduler/, with `vae` also vae/) to
-    `directory` and return it. The same seed gives the same weights; the global random state is left as it was."""
+    `directory` and return it. The same seed gives the same weights; the global random state is left as it was.
+    `unet`: UNet2DConditionModel arguments over tiny_unet's (e.g. DEMO_UNET)."""
     if image_size < 4 or image_size % 4:
         raise ValueError(f"image_size must be a multiple of 4 (two halvings), got {image_size}")
     tokenizer = build_tokenizer(WORDS)
@@ -49,12 +58,13 @@ def write_tiny_text_to_image(directory: str | Path, *, image_size: int = 32, cha
         torch.manual_seed(seed)
         text_encoder = CLIPTextModel(text_config)
         autoencoder = tiny_vae(image_size, channels) if vae else None
-        unet = (tiny_unet(image_size // 2, LATENT_CHANNELS) if vae else tiny_unet(image_size, channels))
+        unet_model = (tiny_unet(image_size // 2, LATENT_CHANNELS, **(unet or {})) if vae
+                      else tiny_unet(image_size, channels, **(unet or {})))
     if vae:  # SD-1.x's noise schedule
         scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                                   clip_sample=False, steps_offset=1)
     else:  # DDPM's pixel-space schedule, samples clipped to the image range
         scheduler = DDPMScheduler()
-    parts = DiffusionParts(unet=unet, vae=autoencoder, text_encoder=text_encoder, tokenizer=tokenizer,
+    parts = DiffusionParts(unet=unet_model, vae=autoencoder, text_encoder=text_encoder, tokenizer=tokenizer,
                            scheduler=scheduler)
     return save_diffusion_parts(parts, directory)

@@ -171,8 +171,19 @@ class FlexEControlModule(L.LightningModule):
         if store is not None:
             out["attention"] = self.attention_loss(store, batch, valid, tuple(latents.shape[-2:]))
             loss = loss + hp.attention_loss_weight * out["attention"]
+        if train and isinstance(self.control, FlexEControlBranch):
+            loss = loss + self.idle_encoders_term(present)
         out["loss"] = loss
         return out
+
+    def idle_encoders_term(self, present: Present) -> torch.Tensor:
+        """Zero, but touching the encoders of the types no sample of this batch carries (condition dropout makes
+        that common): DDP's reducer and ZeRO's gradient partitions expect a gradient for every trainable parameter
+        from every rank's backward; those encoders get a zero one instead of none."""
+        idle = [name for name in self.control.condition_encoders
+                if name not in present or not bool(present[name].any())]
+        params = [p for name in idle for p in self.control.condition_encoders[name].parameters()]
+        return sum((p.sum() * 0.0 for p in params), torch.zeros((), device=self.device))
 
     def region_tokens(self, batch: dict[str, Any], captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample and region: the index of the region word's first token in its (possibly dropped) caption, and

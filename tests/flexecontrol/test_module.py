@@ -132,3 +132,15 @@ def test_bad_arguments_are_all_reported_with_their_names(base):
 def test_a_base_path_that_does_not_exist_is_a_config_problem(tmp_path):
     problems = FlexEControlModule.config_problems({"base": {"pretrained": str(tmp_path / "nowhere"), "vae": None}})
     assert len(problems) == 1 and problems[0][0] == "base.pretrained" and "nowhere" in problems[0][1]
+
+
+def test_every_trainable_parameter_gets_a_gradient_when_a_type_is_absent(base):
+    # DDP and ZeRO need a gradient for every trainable parameter from every backward, dropped conditions or not
+    m = module(base, prompt_dropout=0.0, condition_dropout={"keep_all": 1.0, "drop_all": 0.0})
+    b = batch()
+    b["present.seg"] = torch.zeros_like(b["present.seg"])  # no sample carries a seg map
+    m.losses(b, torch.Generator().manual_seed(0), train=True)["loss"].backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    seg = [p.grad for p in m.control.condition_encoders["seg"].parameters()]
+    assert all(float(g.abs().sum()) == 0.0 for g in seg)
