@@ -75,7 +75,10 @@ def read_checkpoint(checkpoint_path: str | os.PathLike, map_location: str | torc
 
 def base_problem(base: Mapping[str, Any], fix: str) -> str | None:
     """One line saying why `base` (load_diffusion_parts' arguments) cannot load here, ending with `fix`; or None."""
-    problems = FlexEControlModule.config_problems({"base": dict(base)})
+    try:
+        problems = FlexEControlModule.config_problems({"base": dict(base)})
+    except TypeError as error:  # a key load_diffusion_parts does not take
+        return f"base: {first_line(error)} ({fix})"
     if not problems:
         return None
     return "; ".join(f"{name}: {message}" for name, message in problems) + f" ({fix})"
@@ -185,7 +188,10 @@ def merged_branch(branch: FlexEControlBranch) -> FlexEControlBranch:
     if branch.config.merged:
         return branch.merged_copy()
     like = next(branch.parameters())
-    twin = FlexEControlBranch.from_config(branch.config).to(device=like.device, dtype=like.dtype)
+    twin = FlexEControlBranch.from_config(branch.config)
+    if twin.dtype != like.dtype:
+        twin.to(dtype=like.dtype)
+    twin.to(like.device)
     twin.load_state_dict(branch.state_dict())
     return twin.merged_copy()
 

@@ -107,6 +107,8 @@ def test_a_base_that_moved_is_given_as_a_mapping_or_a_directory(base, tmp_path):
     with pytest.raises(ValueError, match=r"base.*pretrained.*moved-base.*where it lies") as error:
         inference.load_for_inference(path)
     assert "\n" not in str(error.value)
+    assert "unexpected keyword argument 'unett'" in one_line_error(
+        inference.load_for_inference, path, base={"pretrained": str(base), "unett": {}})
     for given in ({"pretrained": str(base), "vae": None}, str(base)):  # a directory keeps vae: null
         loaded = inference.load_for_inference(path, base=given)
         assert loaded.vae is None and torch.equal(sample(loaded, TYPES), expected)
