@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from callbacks.data_health import DataHealthLogger
 from callbacks.final_checkpoint import FinalCheckpoint
+from callbacks.model_target import ModelTarget
 from callbacks.preemption import Preemption
 from callbacks.signals import SignalFlag
 from datamodules.files import TMP_MARK
@@ -192,6 +193,7 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
                         save_top_k=run.keep_last_k, save_last=True),
         preemption,
         FinalCheckpoint(run_dir.last_checkpoint),
+        ModelTarget(),  # every checkpoint names the class that rebuilds it (launch/export.py reads it)
         DataHealthLogger(every_n_steps=trainer_cfg.get("log_every_n_steps", 50)),
         RichProgressBar(refresh_rate=10),  # redrawing every batch competes with small models' steps for the CPU
     ]
