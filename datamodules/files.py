@@ -4,7 +4,8 @@ The one way the project replaces a file: write a temporary file in the same dire
 listings such as a run's checkpoints can leave it out), flush and fsync it, rename it over the target, fsync the
 directory. An exception (or a signal) before the rename removes the temporary file and leaves the target untouched.
 A symlink is replaced the same way (`atomic_symlink`), and a directory that takes long to build (a pretrained
-cache entry) appears complete or not at all (`build_directory_once`).
+cache entry) appears complete or not at all (`build_directory_once`), as does a directory of outputs
+(`write_directory`: an export, a set of samples).
 """
 
 from __future__ import annotations
@@ -121,6 +122,38 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def new_directory_problem(path: str | os.PathLike) -> str | None:
+    """Why `path` cannot receive a new directory of outputs (it exists and is not an empty directory), or None."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        return f"{path}: exists and is not an empty directory (choose a new one, or remove it)"
+    return None
+
+
+def write_directory(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a fresh temporary sibling of `path`, then rename it to `path` (which must be absent or an
+    empty directory: ValueError otherwise): a reader sees nothing or the whole directory; an exception (or a signal)
+    inside `write` leaves nothing behind."""
+    path = Path(path)
+    problem = new_directory_problem(path)
+    if problem:
+        raise ValueError(problem)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same pid
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if path.exists():
+            path.rmdir()  # empty, as checked
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    fsync_dir(path.parent)
+    return path
 
 
 def _remove_stale_builds(parent: Path, name: str) -> None:

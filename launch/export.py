@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.errors import UsageError, first_line
+from datamodules.files import new_directory_problem
 from launch import cli
 from launch.config import PROJECT_PACKAGES
 from launch.known_warnings import silence_harmless_warnings
@@ -102,8 +103,9 @@ def hide_loading_progress_bars() -> None:
 
 def run(args) -> int:
     checkpoint, out = Path(args.checkpoint), Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UsageError(f"{PROG}: {out}: exists and is not an empty directory (choose a new --out, or remove it)")
+    problem = new_directory_problem(out)
+    if problem:
+        raise UsageError(f"{PROG}: --out {problem}")
     target = read_model_target(checkpoint) or args.model_target
     if target is None:
         raise UsageError(f"{PROG}: {checkpoint}: names no model_target: which LightningModule class wrote it? (give "

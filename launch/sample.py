@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
-import os
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,9 +148,10 @@ def export_metadata(export_dir: Path) -> dict[str, Any]:
 
 
 def output_problem(out: Path) -> str | None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        return f"{PROG}: --out {out}: exists and is not an empty directory (choose a new one, or remove it)"
-    return None
+    from datamodules.files import new_directory_problem
+
+    problem = new_directory_problem(out)
+    return f"{PROG}: --out {problem}" if problem else None
 
 
 def open_conditions(pairs: list[tuple[str, str]], resolution: int) -> tuple[list[ConditionInput], list[str]]:
@@ -239,23 +238,14 @@ def write_outputs(out: Path, samples: Any, grid: Any) -> None:
     """Every image in a temporary sibling of `out`, then one rename: `out` holds all of them or does not exist."""
     from PIL import Image
 
-    from datamodules.files import fsync_dir, temporary_name
+    from datamodules.files import write_directory
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(out)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same pid
-    tmp.mkdir()
-    try:
+    def write(tmp: Path) -> None:
         for i, sample in enumerate(samples):
             Image.fromarray(sample).save(tmp / SAMPLE_NAME.format(i))
         Image.fromarray(grid).save(tmp / GRID_NAME)
-        if out.exists():
-            out.rmdir()  # empty, as checked before sampling
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(out.parent)
+
+    write_directory(out, write)
 
 
 @dataclass

@@ -226,7 +226,12 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
         save_pretrained exports for use without the parametrizations; the same outputs as this branch."""
         if self.config.merged:
             return copy.deepcopy(self)
-        merged = copy.deepcopy(self)
+        # A twin rebuilt from the config and the weights, not a deepcopy: parametrize gives every parametrized layer
+        # a class of its own, which deepcopy shares with the copy, and merging the copy would delete `weight` from
+        # that class, so this branch's layers would lose theirs.
+        like = next(self.parameters())
+        merged = type(self).from_config(self.config).to(device=like.device, dtype=like.dtype)
+        merged.load_state_dict(self.state_dict())
         merge_kronecker_updates(merged.controlnet)
         merged.kronecker_factors = None
         merged.register_to_config(merged=True)

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from diffusers import ControlNetModel
 
 from datamodules.errors import first_line
-from datamodules.files import atomic_write_text, fsync_dir, temporary_name
+from datamodules.files import atomic_write_text, new_directory_problem, write_directory
 from lightning_modules.diffusion import scheduler_from_name
 from lightning_modules.flexecontrol.branch import FlexEControlBranch
 from lightning_modules.flexecontrol.controlnet import ControlNetBaseline
@@ -179,61 +178,13 @@ def export_metadata(module: FlexEControlModule, base_source: Mapping[str, Any] |
     }
 
 
-def merged_branch(branch: FlexEControlBranch) -> FlexEControlBranch:
-    """`branch.merged_copy()`, taken from a twin rebuilt from its config and weights, so that `branch` stays intact.
-
-    Why the twin: torch's parametrize gives every parametrized layer a class of its own, which `copy.deepcopy` shares
-    with the copy; removing the copy's parametrization (what merging does) deletes `weight` from that shared class,
-    and the original's layers lose their weights (merged_copy on the branch itself breaks the branch)."""
-    if branch.config.merged:
-        return branch.merged_copy()
-    like = next(branch.parameters())
-    twin = FlexEControlBranch.from_config(branch.config)
-    if twin.dtype != like.dtype:
-        twin.to(dtype=like.dtype)
-    twin.to(like.device)
-    twin.load_state_dict(branch.state_dict())
-    return twin.merged_copy()
-
-
 def control_to_save(module: FlexEControlModule) -> Any:
     """The diffusers-format model a variant exports (see the module docstring)."""
     if isinstance(module.control, FlexEControlBranch):
-        return merged_branch(module.control)
+        return module.control.merged_copy()
     if isinstance(module.control, ControlNetBaseline):
         return module.control.controlnet
     return module.control
-
-
-def export_destination_problem(out_dir: str | os.PathLike) -> str | None:
-    """Why an export cannot be written to `out_dir` (it exists and is not an empty directory), or None."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        return f"{out}: exists and is not an empty directory (choose a new one, or remove it)"
-    return None
-
-
-def write_directory_atomically(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a fresh temporary sibling of `out_dir`, then rename it to `out_dir` (which must be absent
-    or an empty directory): a reader sees nothing or the whole directory; an exception leaves nothing behind."""
-    out = Path(out_dir)
-    problem = export_destination_problem(out)
-    if problem:
-        raise ValueError(problem)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(out)
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed process of the same pid
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if out.exists():
-            out.rmdir()  # empty, as checked
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    fsync_dir(out.parent)
-    return out
 
 
 def export(module: FlexEControlModule, out_dir: str | os.PathLike, *, base_source: Mapping[str, Any] | None = None,
@@ -251,7 +202,7 @@ def export(module: FlexEControlModule, out_dir: str | os.PathLike, *, base_sourc
         control.save_pretrained(directory / CONTROL_SUBFOLDER)
         atomic_write_text(directory / EXPORT_METADATA, json.dumps(metadata, indent=2) + "\n")
 
-    return write_directory_atomically(out_dir, write)
+    return write_directory(out_dir, write)
 
 
 def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike,
@@ -259,7 +210,7 @@ def export_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.Path
     """launch/export.py's convention: export the checkpoint's module to `out_dir`. `base` (where the base lies on
     this machine) is used to rebuild the module; the export names the base as the checkpoint does. The resolution
     is recorded when the checkpoint's datamodule hyper-parameters hold one."""
-    problem = export_destination_problem(out_dir)  # before the (long) load
+    problem = new_directory_problem(out_dir)  # before the (long) load
     if problem:
         raise ValueError(problem)
     checkpoint = read_checkpoint(checkpoint_path)
