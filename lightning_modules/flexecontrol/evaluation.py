@@ -14,8 +14,8 @@ against, each a mean over the images:
   foreground = pixels far from the border's colour; reference 0 = background, > 0 = shape); `PipelineSegmenter` runs
   a transformers image-segmentation model, whose reference is its own labels of the target image.
 - `fid`: torchmetrics' FrechetInceptionDistance with a feature module (`CLIPImageFeatures`: a CLIP's projected image
-  embedding). With few images, FID is dominated by the covariance estimate's bias: it is only comparable between
-  runs that use the same number of images (the evaluator's fixed subset), never with published FIDs.
+  embedding). FID is biased upwards the more, the fewer images it is computed from: with the few images of a validation
+  subset it is only comparable between runs that use the same number of images, never with published FIDs.
 
 `evaluate_controllability` generates a batch's images with the module's `generate` (fixed seed), with its conditions
 and, to compare, with none, and returns every metric that applies. `ControllabilityEvaluator` runs it on rank 0 on a
@@ -46,7 +46,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from datamodules.errors import raise_param_problems
+from datamodules.errors import UsageError, first_line, raise_param_problems
+from lightning_modules.flexecontrol import shards
 
 Device = str | torch.device | None
 MODEL_PARAMS = {"clip_model": "a CLIP model with its processor",
@@ -100,9 +101,9 @@ def canny_edges(images: torch.Tensor, low: float = 100, high: float = 200) -> to
 
 
 def edge_scores(predicted: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """[N, 3]: pixel precision, recall and F1 of binary maps `predicted` against `reference` (both [N, H, W]). Where
-    a map has no edge pixel: both empty scores 1, 1, 1; one empty scores F1 0 (precision, resp. recall, 1 for the
-    empty prediction, resp. reference, when the other is empty too, else 0)."""
+    """[N, 3]: pixel precision, recall and F1 of binary maps `predicted` against `reference` (both [N, H, W]). An
+    empty map's precision (predicted) or recall (reference) is 1 when the other map is empty too, else 0: two empty
+    maps score F1 1, one empty map F1 0."""
     p, r = predicted.bool().flatten(1), reference.bool().flatten(1)
     hits = (p & r).sum(1).double()
     n_p, n_r = p.sum(1).double(), r.sum(1).double()
@@ -173,7 +174,7 @@ class ProjectedCLIP(nn.Module):
 def _model_dir(path: str | os.PathLike, what: str) -> str:
     directory = Path(path).expanduser()
     if not directory.is_dir():
-        raise FileNotFoundError(f"{path}: not a local directory (give the directory {what} was saved to)")
+        raise UsageError(f"{path}: not a local directory (give the directory {what} was saved to)")
     return str(directory.resolve())
 
 
@@ -181,13 +182,19 @@ def _model_dir(path: str | os.PathLike, what: str) -> str:
 def _load_clip(directory: str) -> tuple[ProjectedCLIP, Any]:
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(directory).eval().requires_grad_(False)
-    return ProjectedCLIP(model), CLIPProcessor.from_pretrained(directory)
+    try:
+        model = CLIPModel.from_pretrained(directory).eval().requires_grad_(False)
+        processor = CLIPProcessor.from_pretrained(directory)
+    except Exception as e:  # noqa: BLE001 - a directory without the files fails in many ways; all mean the same
+        raise UsageError(f"{directory}: not {MODEL_PARAMS['clip_model']} ({first_line(e)}); save both there "
+                         f"(model.save_pretrained and CLIPProcessor.save_pretrained)") from e
+    return ProjectedCLIP(model), processor
 
 
 def load_clip(model_path: str | os.PathLike) -> tuple[ProjectedCLIP, Any]:
-    """The CLIP model (as ProjectedCLIP) and its CLIPProcessor saved in a local directory, loaded once per process."""
-    return _load_clip(_model_dir(model_path, "a CLIP model and its processor"))
+    """The CLIP model (as ProjectedCLIP) and its CLIPProcessor saved in a local directory, loaded once per process;
+    UsageError naming the directory when they are not both there."""
+    return _load_clip(_model_dir(model_path, MODEL_PARAMS["clip_model"]))
 
 
 def clip_score(images: torch.Tensor, prompts: Sequence[str], model_path: str | os.PathLike,
@@ -199,8 +206,9 @@ def clip_score(images: torch.Tensor, prompts: Sequence[str], model_path: str | o
     if len(prompts) != images.shape[0]:
         raise ValueError(f"clip_score: {len(prompts)} prompts for {images.shape[0]} images")
     parts = load_clip(model_path)
-    metric = CLIPScore(model_name_or_path=lambda: parts)
-    return float(metric(as_uint8_images(images).to(device or "cpu"), list(prompts)))
+    device = torch.device(device or "cpu")
+    metric = CLIPScore(model_name_or_path=lambda: parts).to(device)  # its state where its scores are computed
+    return float(metric(as_uint8_images(images).to(device), list(prompts)))
 
 
 class CLIPImageFeatures(nn.Module):
@@ -234,29 +242,24 @@ def fid(real: torch.Tensor, generated: torch.Tensor, feature_extractor: nn.Modul
     if real.shape[0] < 2 or generated.shape[0] < 2:
         raise ValueError(f"fid: needs at least 2 images in each set, got {real.shape[0]} real and "
                          f"{generated.shape[0]} generated")
-    metric = FrechetInceptionDistance(feature=feature_extractor, normalize=False)
     device = next(iter(feature_extractor.parameters()), torch.empty(0)).device
+    metric = FrechetInceptionDistance(feature=feature_extractor, normalize=False).to(device)
     metric.update(as_uint8_images(real).to(device), real=True)
     metric.update(as_uint8_images(generated).to(device), real=False)
     return float(metric.compute())
 
 
 # -------------------------------------------------------------------------------------------------------- depth
-def _pipeline_device(device: Device) -> torch.device:
-    return torch.device(device or "cpu")
-
-
 @functools.lru_cache(maxsize=4)
-def _load_pipeline(task: str, directory: str, device: str) -> Any:
-    from transformers import pipeline
-
-    return pipeline(task, model=directory, device=torch.device(device))
+def _load_pipeline(task: str, directory: str) -> Any:
+    return shards.load_pipeline(task, Path(directory), "model")
 
 
-def load_pipeline(task: str, model_path: str | os.PathLike, device: Device = None) -> Any:
-    """A transformers pipeline for `task` from a local model directory, on `device`, loaded once per process."""
-    what = f"a transformers {task} model and its image processor"
-    return _load_pipeline(task, _model_dir(model_path, what), str(_pipeline_device(device)))
+def load_pipeline(task: str, model_path: str | os.PathLike) -> Any:
+    """A transformers pipeline for `task` from a local model directory, loaded once per process as make_shards loads
+    the models that make condition maps (shards.py: on the GPU when there is one, tried on a blank image first);
+    UsageError naming the directory when it holds no such model."""
+    return _load_pipeline(task, _model_dir(model_path, f"a transformers {task} model and its image processor"))
 
 
 def _pil_images(images: torch.Tensor) -> list[Any]:
@@ -274,13 +277,10 @@ def normalise_per_image(maps: torch.Tensor) -> torch.Tensor:
     return normalised.view_as(maps)
 
 
-def estimate_nearness(images: torch.Tensor, model_path: str | os.PathLike, device: Device = None,
-                      batch_size: int = 8) -> torch.Tensor:
+def estimate_nearness(images: torch.Tensor, model_path: str | os.PathLike, batch_size: int = 8) -> torch.Tensor:
     """[N, H, W] in [0, 1]: the depth model's prediction for each image at the image's size, normalised per image,
     near = 1 (metric depth models' output is inverted first, as the shards' depth maps are made)."""
-    from lightning_modules.flexecontrol.shards import depth_is_metric
-
-    pipe = load_pipeline("depth-estimation", model_path, device)
+    pipe = load_pipeline("depth-estimation", model_path)
     size = tuple(images.shape[-2:])
     maps = []
     for result in pipe(_pil_images(images), batch_size=batch_size):
@@ -290,15 +290,15 @@ def estimate_nearness(images: torch.Tensor, model_path: str | os.PathLike, devic
             predicted = F.interpolate(predicted[None], size=size, mode="bilinear", align_corners=False)[0]
         maps.append(predicted[0])
     stacked = torch.stack(maps)
-    return normalise_per_image(-stacked if depth_is_metric(pipe.model.config) else stacked)
+    return normalise_per_image(-stacked if shards.depth_is_metric(pipe.model.config) else stacked)
 
 
 def depth_rmse(generated: torch.Tensor, reference_depth: torch.Tensor, model_path: str | os.PathLike,
-               device: Device = None, batch_size: int = 8) -> float:
+               batch_size: int = 8) -> float:
     """Mean per-image RMSE between the depth model's estimate of each generated image and its reference depth map
     (near = bright), both normalised per image to [0, 1]."""
     _check_pair(generated, reference_depth, "depth_rmse")
-    estimated = estimate_nearness(generated, model_path, device, batch_size)
+    estimated = estimate_nearness(generated, model_path, batch_size)
     reference = normalise_per_image(as_unit_maps(reference_depth).cpu())
     return float((estimated - reference).square().flatten(1).mean(1).sqrt().mean())
 
@@ -338,8 +338,8 @@ class PipelineSegmenter:
 
     binary = False
 
-    def __init__(self, model_path: str | os.PathLike, device: Device = None, batch_size: int = 8):
-        self.pipe = load_pipeline("image-segmentation", model_path, device)
+    def __init__(self, model_path: str | os.PathLike, batch_size: int = 8):
+        self.pipe = load_pipeline("image-segmentation", model_path)
         self.batch_size = batch_size
         self.ids = {str(label): int(i) + 1 for i, label in self.pipe.model.config.id2label.items()}
 
@@ -382,12 +382,12 @@ def as_label_maps(labels: torch.Tensor) -> torch.Tensor:
 
 
 def segmentation_miou(generated: torch.Tensor, reference_labels: torch.Tensor,
-                      segmenter: Segmenter | str | os.PathLike, device: Device = None) -> float:
+                      segmenter: Segmenter | str | os.PathLike) -> float:
     """mIoU (`mean_iou`) of the segmenter's labels of the generated images against `reference_labels`; a path is a
     transformers image-segmentation model (PipelineSegmenter). A binary segmenter's reference is binarised (> 0):
     background / foreground."""
     if isinstance(segmenter, (str, os.PathLike)):
-        segmenter = PipelineSegmenter(segmenter, device)
+        segmenter = PipelineSegmenter(segmenter)
     _check_pair(generated, reference_labels, "segmentation_miou")
     reference = as_label_maps(reference_labels)
     if segmenter.binary:
@@ -446,7 +446,7 @@ def _image_metrics(images: torch.Tensor, batch: Mapping[str, Any], references: d
                    edge_ssim=edge_ssim(images[keep], edges))
     if "depth" in references and judges["depth"] is not None:
         depth, keep = references["depth"]
-        out["depth_rmse"] = depth_rmse(images[keep], depth, judges["depth"], device)
+        out["depth_rmse"] = depth_rmse(images[keep], depth, judges["depth"])
     if "seg" in references:
         labels, keep = references["seg"]
         out["seg_miou"] = segmentation_miou(images[keep], labels, judges["seg"])
@@ -491,7 +491,7 @@ def evaluate_controllability(module: Any, batch_or_samples: Mapping[str, Any] | 
             if seg_model is None:
                 judges["seg"] = BorderColourSegmenter()
             elif isinstance(seg_model, (str, os.PathLike)):
-                judges["seg"] = PipelineSegmenter(seg_model, device)
+                judges["seg"] = PipelineSegmenter(seg_model)
             else:
                 judges["seg"] = seg_model
             if not judges["seg"].binary:  # a model's own label space: its labels of the target image

@@ -270,12 +270,14 @@ class FlexEControlModule(L.LightningModule):
     def image_rows(self, batch: dict[str, Any], generator: torch.Generator, *, steps: int = 20,
                    guidance: float = 3.0) -> dict[str, torch.Tensor]:
         """Rows of images [N, 3, H, W] in [0, 1] for an image logger (callbacks/image_logger.py): per condition type
-        `condition/<type>` (its present inputs merged by maximum, a gray map as RGB), then `samples` (generated from
-        the captions under those conditions), then `target` (the batch's images)."""
+        `condition/<type>` (its present inputs merged by maximum, each map scaled so that its brightest pixel is white,
+        which makes small label ids visible; a gray map as RGB), then `samples` (generated from the captions under those
+        conditions), then `target` (the batch's images)."""
         maps, present = self.condition_inputs(batch)
         rows = {}
         for name, stack in maps.items():
             merged = merged_condition(stack.float(), present[name]).cpu().clamp(0, 1)
+            merged = merged / merged.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
             rows[f"condition/{name}"] = merged.expand(-1, 3, -1, -1) if merged.shape[1] == 1 else merged
         samples = self.generate(list(batch["caption"]), maps, present, resolution=int(batch["pixel_values"].shape[-1]),
                                 steps=steps, guidance=guidance, generator=generator)

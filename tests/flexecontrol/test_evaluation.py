@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from PIL import Image
 
 from callbacks.image_logger import GAP, ImageLogger
-from datamodules.errors import ParamError
+from datamodules.errors import ParamError, UsageError
 from datamodules.synthetic_shapes import draw_shape
 from datamodules.writers.common import ShardOptions
 from lightning_modules.diffusion.tiny import write_tiny_text_to_image
@@ -235,6 +235,19 @@ def test_clip_score_is_torchmetrics_clip_score_with_the_local_clip(models):
         clip_score(images, PROMPTS[:3], models["clip"])
 
 
+def test_a_model_directory_that_is_missing_or_incomplete_is_named(tmp_path, models):
+    from lightning_modules.clip_pretrain.random_clip import write_random_clip
+
+    images = torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8)
+    with pytest.raises(UsageError, match="no-clip: not a local directory"):
+        clip_score(images, PROMPTS[:1], tmp_path / "no-clip")
+    bare = write_random_clip(tmp_path / "bare-clip", image_size=SIZE)  # a model and tokenizer, no image processor
+    with pytest.raises(UsageError, match="bare-clip: not a CLIP model with its processor"):
+        clip_score(images, PROMPTS[:1], bare)
+    with pytest.raises(UsageError, match="clip: not a usable depth-estimation model"):
+        depth_rmse(images, torch.zeros(1, 1, SIZE, SIZE), models["clip"])
+
+
 class MeanColour(torch.nn.Module):
     """Per image its mean red, green and blue: a 3-feature extractor for FID."""
 
@@ -358,6 +371,7 @@ def test_bad_evaluator_arguments_are_all_reported(tmp_path):
     assert set(problems) == {"subset_size", "every_n_val", "steps", "guidance", "batch_size", "clip_model",
                              "depth_model", "seg_model", "fid_features"}
     assert "no-dpt" in problems["depth_model"] and "depth-estimation" in problems["depth_model"]
+    assert ControllabilityEvaluator.config_problems({"clip_model": "/nowhere"}, check_files=False) == []
 
 
 def test_the_evaluator_refuses_a_model_that_cannot_generate_under_conditions():
@@ -404,9 +418,10 @@ def test_image_rows_show_the_conditions_the_samples_and_the_targets(inputs):
     assert list(rows) == ["condition/canny", "condition/seg", "condition/depth", "samples", "target"]
     assert all(images.shape == (4, 3, SIZE, SIZE) and 0 <= images.min() and images.max() <= 1
                for images in rows.values())
-    assert torch.equal(rows["condition/canny"], batch["cond.canny"][:, 0].expand(-1, 3, -1, -1))
+    assert torch.equal(rows["condition/canny"], batch["cond.canny"][:, 0].expand(-1, 3, -1, -1))  # 0/1 as they are
     assert rows["condition/seg"][1].max() == 0
-    assert torch.equal(rows["condition/seg"][0], batch["cond.seg"][0, 0].expand(3, -1, -1))
+    seg = batch["cond.seg"][0, 0]  # label ids / 255, scaled so that the shape is white
+    assert 0 < seg.max() < 0.1 and torch.allclose(rows["condition/seg"][0], (seg / seg.max()).expand(3, -1, -1))
     assert torch.allclose(rows["target"], (batch["pixel_values"] + 1) / 2)
     again = module.image_rows(batch, torch.Generator().manual_seed(3), steps=2)["samples"]
     assert torch.equal(rows["samples"], again)
