@@ -34,6 +34,7 @@ from lightning_modules.diffusion import (decode_latents, denoise, diffusion_loss
 from lightning_modules.flexecontrol.branch import FlexEControlBranch
 from lightning_modules.flexecontrol.conditions import ConditionDropout, Maps, Present, union_region
 from lightning_modules.flexecontrol.controlnet import ControlNetBaseline
+from lightning_modules.flexecontrol.evaluation import merged_condition
 from lightning_modules.flexecontrol.uni_controlnet import UniControlNetAdapter
 
 Variant = Literal["flexecontrol", "uni_controlnet", "controlnet"]
@@ -264,6 +265,25 @@ class FlexEControlModule(L.LightningModule):
         latents = denoise(model_fn, schedule, latents, num_steps=steps, guidance_scale=guidance, context=context,
                           uncond_context=uncond, generator=generator)
         return decode_latents(self.vae, latents).clamp(-1, 1)
+
+    @torch.no_grad()
+    def image_rows(self, batch: dict[str, Any], generator: torch.Generator, *, steps: int = 20,
+                   guidance: float = 3.0) -> dict[str, torch.Tensor]:
+        """Rows of images [N, 3, H, W] in [0, 1] for an image logger (callbacks/image_logger.py): per condition type
+        `condition/<type>` (its present inputs merged by maximum, each map scaled so that its brightest pixel is white,
+        which makes small label ids visible; a gray map as RGB), then `samples` (generated from the captions under those
+        conditions), then `target` (the batch's images)."""
+        maps, present = self.condition_inputs(batch)
+        rows = {}
+        for name, stack in maps.items():
+            merged = merged_condition(stack.float(), present[name]).cpu().clamp(0, 1)
+            merged = merged / merged.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+            rows[f"condition/{name}"] = merged.expand(-1, 3, -1, -1) if merged.shape[1] == 1 else merged
+        samples = self.generate(list(batch["caption"]), maps, present, resolution=int(batch["pixel_values"].shape[-1]),
+                                steps=steps, guidance=guidance, generator=generator)
+        rows["samples"] = ((samples.float().cpu() + 1) / 2).clamp(0, 1)
+        rows["target"] = ((batch["pixel_values"].float().cpu() + 1) / 2).clamp(0, 1)
+        return rows
 
     # -- checkpoints: only what is learned ----------------------------------------------------------------------------
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
