@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ROOT := runs
 
-.PHONY: demo test setup system-deps clean
+.PHONY: demo demo-flexecontrol test setup system-deps clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,11 @@ system-deps:
 # CPL vs CoOp vs CoCoOp vs zero-shot CLIP on a synthetic base-to-new task (the tiny CLIP is cached in runs/demo-cpl/cache)
 demo: setup
 	$(BIN)/python -m lightning_modules.cpl.demo --root $(DEMO_ROOT)/demo-cpl
+
+# ControlNet vs Uni-ControlNet vs FlexEControl controlling a tiny text-to-image model on synthetic shapes (the base is
+# pretrained once and cached in runs/demo-flexecontrol/cache)
+demo-flexecontrol: setup
+	$(BIN)/python -m lightning_modules.flexecontrol.demo --root $(DEMO_ROOT)/demo-flexecontrol
 
 test: setup system-deps
 	$(BIN)/python -m pytest

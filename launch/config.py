@@ -130,17 +130,25 @@ class Override:
     key: str
     value: Any
     append: bool = False  # KEY+=VALUE: VALUE goes at the end of the list at KEY
+    delete: bool = False  # ~KEY: KEY leaves the config (a mapping's key a value cannot remove: KEY={...} merges)
 
 
 def parse_overrides(tokens: list[str], issues: list[ConfigIssue]) -> list[Override]:
     parsed = []
     for token in tokens:
+        if token.startswith("~") and "=" not in token:
+            key = token[1:].strip()
+            if key:
+                parsed.append(Override(key, None, delete=True))
+            else:
+                issues.append(ConfigIssue(COMMAND_LINE, "", "'~' names no key: ~KEY removes KEY (e.g. ~callbacks.0)"))
+            continue
         key, sep, value = token.partition("=")
         append = key.endswith("+")
         key = key.removesuffix("+").strip()
         if not sep or not key:
             issues.append(ConfigIssue(COMMAND_LINE, "", f"'{token}' is not key=value (e.g. trainer.max_steps=100) or "
-                                                        f"key+=value (e.g. callbacks+={{target: ...}})"))
+                                                        f"key+=value (e.g. callbacks+={{target: ...}}) or ~key"))
             continue
         try:
             parsed.append(Override(key, yaml.safe_load(value) if value else None, append))
@@ -168,8 +176,26 @@ def command_line_bases(overrides: list[Override], issues: list[ConfigIssue]) -> 
 _MISSING = object()
 
 
+def _delete_key(merged: DictConfig, o: Override, sources: dict[str, str], issues: list[ConfigIssue]) -> None:
+    parent_key, _, last = o.key.rpartition(".")
+    parent = OmegaConf.select(merged, parent_key, default=None) if parent_key else merged
+    if isinstance(parent, ListConfig) and last.isdigit() and int(last) < len(parent):
+        del parent[int(last)]
+    elif isinstance(parent, DictConfig) and last in parent:
+        del parent[last]
+    else:
+        options = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+        issues.append(ConfigIssue(COMMAND_LINE, o.key, f"~{o.key}: no such key to remove{did_you_mean(last, options)}"))
+        return
+    for k in [k for k in sources if k == o.key or k.startswith(f"{o.key}.")]:
+        del sources[k]
+
+
 def _apply_override(merged: DictConfig, o: Override, sources: dict[str, str], issues: list[ConfigIssue]) -> None:
-    """Set (or append) one command-line value; every key it creates or sets is the command line's."""
+    """Set, append or remove one command-line value; every key it creates or sets is the command line's."""
+    if o.delete:
+        _delete_key(merged, o, sources, issues)
+        return
     parts = o.key.split(".")
     created = [".".join(parts[:i]) for i in range(1, len(parts) + 1)
                if OmegaConf.select(merged, ".".join(parts[:i]), default=_MISSING) is _MISSING]

@@ -67,9 +67,11 @@ def prepare(root: Path, seed: int, pretrain_steps: int, num_train: int, num_eval
 def fit(root: Path, paths: dict[str, Path], variant: str, steps: int) -> Path:
     runs = root / "runs"
     shutil.rmtree(runs / variant, ignore_errors=True)
-    channels = "{" + ", ".join(f"{k}: {v}" for k, v in condition_channels(variant).items()) + "}"
+    dropped = [f"~model.params.condition_channels.{name}" for name in ALL_TYPES if name not in condition_channels(variant)]
+    if "seg" not in condition_channels(variant):  # the shape word's region is read from the seg maps
+        dropped.append("~data.params.token_regions")
     command = [sys.executable, str(REPO / "launch" / "fit.py"), "--config", str(CONFIG), f"run.root={runs}",
-               f"run.name={variant}", f"model.params.variant={variant}", f"model.params.condition_channels={channels}",
+               f"run.name={variant}", f"model.params.variant={variant}", *dropped,
                f"model.params.base.pretrained={paths['base']}", f"data.params.train={paths['train']}",
                f"data.params.val={paths['val']}", f"trainer.max_steps={steps}",
                f"trainer.val_check_interval={steps}"]
@@ -124,11 +126,11 @@ def table(results: dict[str, dict]) -> str:
         value, without = record["metrics"].get(name), record["metrics"].get(f"{name}_no_control")
         return "-" if value is None else f"{value:.3f} ({without:.3f})"
 
-    lines = ["| method | conditions | canny F1 | canny SSIM | seg mIoU | trainable parameters | step (ms) |",
+    lines = ["| method | conditions | canny F1 | edge SSIM | seg mIoU | trainable parameters | step (ms) |",
              "|---|---|---|---|---|---|---|"]
     for variant, record in results.items():
         lines.append(f"| {NAMES[variant]} | {', '.join(condition_channels(variant))} | {metric(record, 'canny_f1')} | "
-                     f"{metric(record, 'canny_ssim')} | {metric(record, 'seg_miou')} | "
+                     f"{metric(record, 'edge_ssim')} | {metric(record, 'seg_miou')} | "
                      f"{record['trainable_parameters']:,} | {record['step_ms']:.0f} |")
     return "\n".join(lines) + "\n"
 

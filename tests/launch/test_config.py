@@ -268,3 +268,21 @@ def test_a_callback_appended_on_the_command_line(tmp_path):
         "command line: run.name: run.name+= appends to a list, but run.name is str; set it with run.name=..."]
     appended = load_config(demo_copy(tmp_path, callbacks=None), ["callbacks+={target: callbacks.sample_log.SampleLog}"])
     assert [c.target for c in appended.cfg.callbacks] == ["callbacks.sample_log.SampleLog"]
+
+
+def test_a_key_removed_on_the_command_line(tmp_path):
+    # KEY={...} merges into a mapping; ~KEY is how a user drops keys (Hydra's syntax)
+    config = write(tmp_path / "c.yaml", {"run": {"name": "a"}, "model": {"params": {"types": {"canny": 1, "seg": 1,
+                                                                                               "depth": 1}}},
+                                        "callbacks": [{"target": "x"}, {"target": "y"}]})
+    merged = load_config(config, ["model.params.types={canny: 1}"])
+    assert dict(merged.cfg.model.params.types) == {"canny": 1, "seg": 1, "depth": 1}
+    loaded = load_config(config, ["~model.params.types.seg", "~model.params.types.depth", "~callbacks.0"])
+    assert dict(loaded.cfg.model.params.types) == {"canny": 1}
+    assert [c.target for c in loaded.cfg.callbacks] == ["y"]
+    with pytest.raises(UsageError) as refused:
+        load_config(config, ["~model.params.typez", "~callbacks.5", "~"])
+    assert refused.value.lines == [
+        "command line: '~' names no key: ~KEY removes KEY (e.g. ~callbacks.0)",
+        "command line: model.params.typez: ~model.params.typez: no such key to remove (did you mean types?)",
+        "command line: callbacks.5: ~callbacks.5: no such key to remove"]
