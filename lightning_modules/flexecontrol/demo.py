@@ -112,7 +112,7 @@ def evaluate(variant: str, checkpoint: Path, batch: dict[str, Any], timing_batch
     module = load_for_inference(checkpoint)
     types = condition_channels(variant)
     own = {k: v for k, v in batch.items() if not k.startswith(("cond.", "present.")) or k.split(".", 1)[1] in types}
-    metrics = evaluate_controllability(module, own, steps=steps, guidance=3.0, seed=seed,
+    metrics = evaluate_controllability(module, own, steps=steps, guidance=3.0, seed=seed, seg_model="border_colour",
                                        compare_without_control=True)
     timed = {k: v for k, v in timing_batch.items()
              if not k.startswith(("cond.", "present.")) or k.split(".", 1)[1] in types}

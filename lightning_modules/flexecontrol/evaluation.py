@@ -54,6 +54,7 @@ MODEL_PARAMS = {"clip_model": "a CLIP model with its processor",
                 "depth_model": "a transformers depth-estimation model",
                 "seg_model": "a transformers image-segmentation model",
                 "fid_features": "a CLIP model with its processor"}
+BORDER_COLOUR = "border_colour"  # seg_model naming the built-in segmenter of synthetic shapes, not a model directory
 METRIC_PREFIX = "control"
 NO_CONTROL = "_no_control"
 METRICS_FILE = "control_metrics.jsonl"
@@ -469,8 +470,9 @@ def evaluate_controllability(module: Any, batch_or_samples: Mapping[str, Any] | 
     Generates every sample's image from its caption under its conditions (seed `seed`, `steps` steps, CFG
     `guidance`) and, with `compare_without_control`, from its caption alone with the same noise; returns per image
     set (keys `<metric>` and `<metric>_no_control`): for a canny type, `canny_f1`, `canny_precision`, `canny_recall`,
-    `edge_ssim`; for a depth type with `depth_model`, `depth_rmse`; for a seg type, `seg_miou` (the border-colour
-    segmenter without `seg_model`; with one, the reference is its labels of the target image); with `clip_model`,
+    `edge_ssim`; for a depth type with `depth_model`, `depth_rmse`; for a seg type with `seg_model`, `seg_miou`
+    (`seg_model="border_colour"`: BorderColourSegmenter against the seg maps, for synthetic shapes; a model
+    directory: the reference is its labels of the target image); with `clip_model`,
     `clip_score`; with `fid_features` (a CLIP directory, or a feature module), `fid` against the target images (at
     least 2 samples). A condition metric is over the samples that have that condition; the references are the
     batch's maps of the type, several inputs of one type merged by maximum."""
@@ -486,9 +488,11 @@ def evaluate_controllability(module: Any, batch_or_samples: Mapping[str, Any] | 
         keep = present[name].bool().any(dim=1).cpu() if name in maps else None
         if name not in module.condition_channels or keep is None or not bool(keep.any()):
             continue
+        if name == "seg" and seg_model is None:
+            continue  # which segmenter fits the images is the user's call: real images need a model
         reference = merged_condition(maps[name].float(), present[name]).cpu()[keep]
         if name == "seg":
-            if seg_model is None:
+            if isinstance(seg_model, str) and seg_model == BORDER_COLOUR:
                 judges["seg"] = BorderColourSegmenter()
             elif isinstance(seg_model, (str, os.PathLike)):
                 judges["seg"] = PipelineSegmenter(seg_model)
@@ -516,7 +520,8 @@ class ControllabilityEvaluator(Callback):
     `<default_root_dir>/control_metrics.jsonl`.
 
     clip_model, depth_model, seg_model, fid_features: local model directories (see evaluate_controllability);
-    a null seg_model means the border-colour segmenter of synthetic shapes. batch_size: images per generate call.
+    seg_model "border_colour" is the segmenter of synthetic shapes (BorderColourSegmenter). batch_size: images per
+    generate call.
     """
 
     def __init__(self, subset_size: int = 16, every_n_val: int = 1, steps: int = 20, guidance: float = 3.0,
@@ -551,6 +556,8 @@ class ControllabilityEvaluator(Callback):
             problems.append(("guidance", f"must be >= 0, got {guidance}"))
         for name, what in MODEL_PARAMS.items():
             value = params.get(name)
+            if name == "seg_model" and value == BORDER_COLOUR:
+                continue
             if check_files and value is not None and not Path(str(value)).expanduser().is_dir():
                 problems.append((name, f"no such directory: {value} (the local directory of {what})"))
         return problems

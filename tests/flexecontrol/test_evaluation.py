@@ -326,7 +326,7 @@ def test_an_oracle_scores_perfectly_under_control_and_poorly_without(inputs, mod
     batch = val_batch(inputs)
     oracle = Oracle(batch, TYPES)
     out = evaluate_controllability(oracle, batch, steps=3, guidance=2.0, seed=5, clip_model=models["clip"],
-                                   fid_features=models["clip"], batch_size=3)
+                                   fid_features=models["clip"], seg_model="border_colour", batch_size=3)
     assert [c["n"] for c in oracle.calls] == [3, 1, 3, 1]  # in chunks of batch_size, with then without control
     assert [c["controlled"] for c in oracle.calls] == [True, True, False, False]
     assert {(c["seed"], c["steps"], c["guidance"], c["resolution"]) for c in oracle.calls} == {(5, 3, 2.0, SIZE)}
@@ -347,18 +347,22 @@ def test_what_is_measured_follows_the_types_and_options(inputs, models):
     batch = val_batch(inputs, {"seg": 1, "depth": 1})
     halves = [{k: v[:2] for k, v in batch.items()}, {k: v[2:] for k, v in batch.items()}]
     out = evaluate_controllability(Oracle(batch, {"seg": 1, "depth": 1}), halves, depth_model=models["dpt"],
-                                   compare_without_control=False)
+                                   seg_model="border_colour", compare_without_control=False)
     assert set(out) == {"seg_miou", "depth_rmse"}  # no canny type, no CLIP, no FID, no comparison
+    unjudged = evaluate_controllability(Oracle(batch, {"seg": 1, "depth": 1}), halves, depth_model=models["dpt"],
+                                        compare_without_control=False)
+    assert set(unjudged) == {"depth_rmse"}  # no seg_model: real images need a segmenter the user names
     assert 0 <= out["depth_rmse"] <= 1
     batch["present.seg"][:] = False  # a type no sample has is not measured
-    out = evaluate_controllability(Oracle(batch, {"seg": 1, "depth": 1}), batch, compare_without_control=False)
+    out = evaluate_controllability(Oracle(batch, {"seg": 1, "depth": 1}), batch, seg_model="border_colour",
+                                   compare_without_control=False)
     assert out == {}
 
 
 def test_a_real_module_is_evaluated_deterministically(inputs):
     module, batch = tiny_module(inputs), val_batch(inputs)
-    first = evaluate_controllability(module, batch, steps=2)
-    assert first == evaluate_controllability(module, batch, steps=2)
+    first = evaluate_controllability(module, batch, steps=2, seg_model="border_colour")
+    assert first == evaluate_controllability(module, batch, steps=2, seg_model="border_colour")
     assert {"canny_f1", "edge_ssim", "seg_miou", "canny_f1_no_control"} <= set(first)
 
 
@@ -372,6 +376,7 @@ def test_bad_evaluator_arguments_are_all_reported(tmp_path):
                              "depth_model", "seg_model", "fid_features"}
     assert "no-dpt" in problems["depth_model"] and "depth-estimation" in problems["depth_model"]
     assert ControllabilityEvaluator.config_problems({"clip_model": "/nowhere"}, check_files=False) == []
+    assert ControllabilityEvaluator.config_problems({"seg_model": "border_colour"}) == []
 
 
 def test_the_evaluator_refuses_a_model_that_cannot_generate_under_conditions():
@@ -382,7 +387,8 @@ def test_the_evaluator_refuses_a_model_that_cannot_generate_under_conditions():
 def test_evaluator_and_image_logger_through_a_fit(tmp_path, inputs, models):
     module = tiny_module(inputs)
     evaluator = ControllabilityEvaluator(subset_size=4, steps=2, guidance=2.0, clip_model=str(models["clip"]),
-                                         depth_model=str(models["dpt"]), fid_features=str(models["clip"]))
+                                         depth_model=str(models["dpt"]), fid_features=str(models["clip"]),
+                                         seg_model="border_colour")
     images = ImageLogger(every_n_val=2, max_images=2)
     trainer = L.Trainer(max_steps=4, val_check_interval=2, check_val_every_n_epoch=None, limit_val_batches=1,
                         num_sanity_val_steps=0, accelerator="cpu", devices=1, default_root_dir=str(tmp_path),
