@@ -101,33 +101,49 @@ def canny_edges(images: torch.Tensor, low: float = 100, high: float = 200) -> to
     return torch.from_numpy(np.stack(edges))
 
 
-def edge_scores(predicted: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """[N, 3]: pixel precision, recall and F1 of binary maps `predicted` against `reference` (both [N, H, W]). An
-    empty map's precision (predicted) or recall (reference) is 1 when the other map is empty too, else 0: two empty
-    maps score F1 1, one empty map F1 0."""
+def _within(edges: torch.Tensor, tolerance: int) -> torch.Tensor:
+    """bool [N, H*W]: pixels at most `tolerance` pixels (in x and y) from an edge pixel of `edges` [N, H, W]."""
+    if tolerance == 0:
+        return edges.flatten(1)
+    near = F.max_pool2d(edges.float()[:, None], 2 * tolerance + 1, stride=1, padding=tolerance)
+    return near[:, 0].bool().flatten(1)
+
+
+def edge_scores(predicted: torch.Tensor, reference: torch.Tensor, tolerance: int = 0) -> torch.Tensor:
+    """[N, 3]: pixel precision, recall and F1 of binary maps `predicted` against `reference` (both [N, H, W]). With a
+    `tolerance`, a predicted edge pixel is correct within that many pixels of a reference edge and a reference pixel
+    found within as many of a predicted one (edge benchmarks' matching tolerance: at a small size a one-pixel shift
+    is not a miss). An empty map's precision (predicted) or recall (reference) is 1 when the other map is empty too,
+    else 0: two empty maps score F1 1, one empty map F1 0."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     p, r = predicted.bool().flatten(1), reference.bool().flatten(1)
-    hits = (p & r).sum(1).double()
     n_p, n_r = p.sum(1).double(), r.sum(1).double()
+    shape = predicted.shape
+    precise = (p & _within(reference.bool().reshape(shape), tolerance)).sum(1).double()
+    found = (r & _within(predicted.bool().reshape(shape), tolerance)).sum(1).double()
     both_empty = (n_p == 0) & (n_r == 0)
-    precision = torch.where(n_p > 0, hits / n_p.clamp_min(1), both_empty.double())
-    recall = torch.where(n_r > 0, hits / n_r.clamp_min(1), both_empty.double())
+    precision = torch.where(n_p > 0, precise / n_p.clamp_min(1), both_empty.double())
+    recall = torch.where(n_r > 0, found / n_r.clamp_min(1), both_empty.double())
     total = precision + recall
     f1 = torch.where(total > 0, 2 * precision * recall / total.clamp_min(1e-12), torch.zeros_like(total))
     return torch.stack([precision, recall, f1], dim=1)
 
 
 def canny_scores(generated: torch.Tensor, reference_edges: torch.Tensor, low: float = 100,
-                 high: float = 200) -> dict[str, float]:
+                 high: float = 200, tolerance: int = 0) -> dict[str, float]:
     """Mean pixel precision, recall and F1 of the generated images' Canny edges against the input edge maps
-    (binarised at half their range)."""
+    (binarised at half their range), matched within `tolerance` pixels (edge_scores)."""
     _check_pair(generated, reference_edges, "canny")
-    scores = edge_scores(canny_edges(generated, low, high), as_unit_maps(reference_edges).cpu() > 0.5).mean(0)
+    scores = edge_scores(canny_edges(generated, low, high), as_unit_maps(reference_edges).cpu() > 0.5,
+                         tolerance).mean(0)
     return {"precision": float(scores[0]), "recall": float(scores[1]), "f1": float(scores[2])}
 
 
-def canny_f1(generated: torch.Tensor, reference_edges: torch.Tensor, low: float = 100, high: float = 200) -> float:
+def canny_f1(generated: torch.Tensor, reference_edges: torch.Tensor, low: float = 100, high: float = 200,
+             tolerance: int = 0) -> float:
     """Mean per-image F1 of the generated images' Canny edges against the input edge maps (`canny_scores`)."""
-    return canny_scores(generated, reference_edges, low, high)["f1"]
+    return canny_scores(generated, reference_edges, low, high, tolerance)["f1"]
 
 
 def ssim_kernel_size(height: int, width: int, largest: int = 11) -> int:
@@ -422,7 +438,8 @@ def concat_batches(batches: Sequence[Mapping[str, Any]], limit: int | None = Non
 def _generate(module: Any, batch: Mapping[str, Any], with_control: bool, *, steps: int, guidance: float, seed: int,
               batch_size: int) -> torch.Tensor:
     """The module's images [N, 3, H, W] in [0, 1] on the CPU, in chunks of `batch_size` from one generator seeded
-    `seed` (so the same seed gives the same noise with and without control)."""
+    `seed` (so the same seed gives the same noise with and without control); without control, the base model
+    alone."""
     maps, present = module.condition_inputs(batch) if with_control else ({}, {})
     prompts = list(batch["caption"])
     resolution = int(batch["pixel_values"].shape[-1])
@@ -432,17 +449,17 @@ def _generate(module: Any, batch: Mapping[str, Any], with_control: bool, *, step
         part = slice(start, start + batch_size)
         images.append(module.generate(prompts[part], {k: v[part] for k, v in maps.items()},
                                       {k: v[part] for k, v in present.items()}, resolution=resolution, steps=steps,
-                                      guidance=guidance, generator=generator).float().cpu())
+                                      guidance=guidance, generator=generator, control=with_control).float().cpu())
     return ((torch.cat(images) + 1) / 2).clamp(0, 1)
 
 
 def _image_metrics(images: torch.Tensor, batch: Mapping[str, Any], references: dict[str, tuple[torch.Tensor, Any]],
-                   judges: dict[str, Any], device: Device) -> dict[str, float]:
+                   judges: dict[str, Any], device: Device, canny_tolerance: int = 0) -> dict[str, float]:
     """Every metric that applies to these generated images (see evaluate_controllability)."""
     out: dict[str, float] = {}
     if "canny" in references:
         edges, keep = references["canny"]
-        scores = canny_scores(images[keep], edges)
+        scores = canny_scores(images[keep], edges, tolerance=canny_tolerance)
         out.update(canny_f1=scores["f1"], canny_precision=scores["precision"], canny_recall=scores["recall"],
                    edge_ssim=edge_ssim(images[keep], edges))
     if "depth" in references and judges["depth"] is not None:
@@ -463,7 +480,8 @@ def evaluate_controllability(module: Any, batch_or_samples: Mapping[str, Any] | 
                              clip_model: str | os.PathLike | None = None, depth_model: str | os.PathLike | None = None,
                              seg_model: str | os.PathLike | Segmenter | None = None,
                              fid_features: str | os.PathLike | nn.Module | None = None,
-                             compare_without_control: bool = True, batch_size: int = 8) -> dict[str, float]:
+                             compare_without_control: bool = True, batch_size: int = 8,
+                             canny_tolerance: int = 0) -> dict[str, float]:
     """Controllability of `module` (a FlexEControlModule, or anything with `condition_channels`, `condition_inputs`,
     `generate` and `device`) on a control batch (ControlData's fields) or a list of them.
 
@@ -502,9 +520,11 @@ def evaluate_controllability(module: Any, batch_or_samples: Mapping[str, Any] | 
                 reference = judges["seg"](target[keep])
         references[name] = (reference, keep)
     settings = {"steps": steps, "guidance": guidance, "seed": seed, "batch_size": batch_size}
-    out = _image_metrics(_generate(module, batch, True, **settings), batch, references, judges, device)
+    out = _image_metrics(_generate(module, batch, True, **settings), batch, references, judges, device,
+                         canny_tolerance)
     if compare_without_control:
-        plain = _image_metrics(_generate(module, batch, False, **settings), batch, references, judges, device)
+        plain = _image_metrics(_generate(module, batch, False, **settings), batch, references, judges, device,
+                               canny_tolerance)
         out.update({f"{name}{NO_CONTROL}": value for name, value in plain.items()})
     return out
 
@@ -521,17 +541,18 @@ class ControllabilityEvaluator(Callback):
 
     clip_model, depth_model, seg_model, fid_features: local model directories (see evaluate_controllability);
     seg_model "border_colour" is the segmenter of synthetic shapes (BorderColourSegmenter). batch_size: images per
-    generate call.
+    generate call. canny_tolerance: pixels within which an edge counts as matched (edge_scores).
     """
 
     def __init__(self, subset_size: int = 16, every_n_val: int = 1, steps: int = 20, guidance: float = 3.0,
                  seed: int = 0, clip_model: str | None = None, depth_model: str | None = None,
                  seg_model: str | None = None, fid_features: str | None = None, compare_without_control: bool = True,
-                 batch_size: int = 8):
+                 batch_size: int = 8, canny_tolerance: int = 0):
         raise_param_problems(self.config_problems(
             {"subset_size": subset_size, "every_n_val": every_n_val, "steps": steps, "guidance": guidance,
              "batch_size": batch_size, "clip_model": clip_model, "depth_model": depth_model, "seg_model": seg_model,
-             "fid_features": fid_features}))
+             "fid_features": fid_features, "canny_tolerance": canny_tolerance}))
+        self.canny_tolerance = canny_tolerance
         self.subset_size, self.every_n_val, self.steps, self.guidance = subset_size, every_n_val, steps, guidance
         self.seed, self.batch_size, self.compare_without_control = seed, batch_size, compare_without_control
         self.clip_model, self.depth_model, self.seg_model, self.fid_features = (clip_model, depth_model, seg_model,
@@ -551,6 +572,9 @@ class ControllabilityEvaluator(Callback):
             value = params.get(name, 1)
             if isinstance(value, int) and value < 1:
                 problems.append((name, f"must be >= 1, got {value}"))
+        tolerance = params.get("canny_tolerance", 0)
+        if isinstance(tolerance, int) and tolerance < 0:
+            problems.append(("canny_tolerance", f"must be >= 0, got {tolerance}"))
         guidance = params.get("guidance", 1.0)
         if isinstance(guidance, (int, float)) and guidance < 0:
             problems.append(("guidance", f"must be >= 0, got {guidance}"))
@@ -609,7 +633,7 @@ class ControllabilityEvaluator(Callback):
             pl_module, self._subset, steps=self.steps, guidance=self.guidance, seed=self.seed,
             clip_model=self.clip_model, depth_model=self.depth_model, seg_model=self.seg_model,
             fid_features=self.fid_features, compare_without_control=self.compare_without_control,
-            batch_size=self.batch_size)
+            batch_size=self.batch_size, canny_tolerance=self.canny_tolerance)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -241,9 +241,11 @@ class FlexEControlModule(L.LightningModule):
     def generate(self, prompts: Sequence[str], maps: Maps, present: Present, *, resolution: int,
                  strengths: dict[str, float] | None = None, steps: int = 30, guidance: float = 7.5,
                  scheduler: str | None = None, generator: torch.Generator | None = None,
-                 negative_prompt: str = "") -> torch.Tensor:
+                 negative_prompt: str = "", control: bool = True) -> torch.Tensor:
         """Images [B, 3, H, W] in [-1, 1] for `prompts` under the given conditions (classifier-free guidance over the
-        prompt; the control applies to both halves, as diffusers' ControlNet pipelines do)."""
+        prompt; the control applies to both halves, as diffusers' ControlNet pipelines do). `control=False`: the base
+        model alone, without the control branch (what "no control" is compared against; a branch given no condition
+        still adds its residuals)."""
         schedule = (scheduler_from_name(scheduler, self.noise_scheduler.config) if scheduler
                     else scheduler_from_name(type(self.noise_scheduler).__name__, self.noise_scheduler.config))
         batch = len(prompts)
@@ -259,8 +261,10 @@ class FlexEControlModule(L.LightningModule):
             repeat = latent_input.shape[0] // batch
             m = {k: v.repeat(repeat, *([1] * (v.dim() - 1))) for k, v in maps.items()}
             p = {k: v.repeat(repeat, 1) for k, v in present.items()}
-            timesteps = t.expand(latent_input.shape[0]) if t.dim() == 0 else t
-            return self.predict_noise(latent_input, timesteps.to(self.device), ctx, m, p, strengths)
+            timesteps = (t.expand(latent_input.shape[0]) if t.dim() == 0 else t).to(self.device)
+            if not control:
+                return self.unet(latent_input, timesteps, ctx).sample
+            return self.predict_noise(latent_input, timesteps, ctx, m, p, strengths)
 
         latents = denoise(model_fn, schedule, latents, num_steps=steps, guidance_scale=guidance, context=context,
                           uncond_context=uncond, generator=generator)

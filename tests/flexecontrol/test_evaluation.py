@@ -312,7 +312,8 @@ class Oracle:
 
     condition_inputs = staticmethod(FlexEControlModule.condition_inputs)
 
-    def generate(self, prompts, maps, present, *, resolution, steps, guidance, generator):
+    def generate(self, prompts, maps, present, *, resolution, steps, guidance, generator, control):
+        assert control == bool(maps)
         self.calls.append({"n": len(prompts), "controlled": bool(maps), "seed": generator.initial_seed(),
                            "steps": steps, "guidance": guidance, "resolution": resolution})
         n, start = len(prompts), self.cursor
@@ -480,3 +481,18 @@ def test_rank_0_without_samples_fails_clearly_and_the_count_is_checkpointed(tmp_
     resumed = ControllabilityEvaluator(every_n_val=2)
     resumed.load_state_dict(evaluator.state_dict())
     assert resumed.validations == 2
+
+
+def test_edge_matching_within_a_tolerance():
+    reference = torch.zeros(1, 8, 8, dtype=torch.bool)
+    reference[0, 2:6, 3] = True  # a vertical edge
+    shifted = torch.roll(reference, 1, dims=2)  # the same edge one pixel to the right
+    assert edge_scores(shifted, reference)[0].tolist() == [0.0, 0.0, 0.0]
+    assert edge_scores(shifted, reference, tolerance=1)[0].tolist() == [1.0, 1.0, 1.0]
+    far = torch.roll(reference, 3, dims=2)
+    assert edge_scores(far, reference, tolerance=1)[0, 2] == 0.0
+    half = reference.clone()
+    half[0, 4:6, 3] = False  # rows 2-3 predicted: rows 2-4 of the reference are found within a pixel, row 5 is not
+    assert edge_scores(half, reference, tolerance=1)[0].tolist() == pytest.approx([1.0, 0.75, 1.5 / 1.75])
+    with pytest.raises(ValueError):
+        edge_scores(shifted, reference, tolerance=-1)

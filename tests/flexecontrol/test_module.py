@@ -117,6 +117,13 @@ def test_generate_is_seeded_and_a_zero_strength_is_no_condition(base):
                      generator=torch.Generator().manual_seed(0), **kwargs)
     none = m.generate(b["caption"], {}, {}, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.allclose(off, none, atol=1e-5) and not torch.allclose(a, none, atol=1e-4)
+    base = m.generate(b["caption"], maps, present, control=False, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert not torch.allclose(base, none, atol=1e-4)  # a branch given no condition still adds its residuals
+    for p in m.control.parameters():  # the base alone is what a branch adding nothing gives
+        if p.requires_grad:
+            torch.nn.init.zeros_(p)
+    zeroed = m.generate(b["caption"], maps, present, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.allclose(zeroed, base, atol=1e-5)
 
 
 def test_bad_arguments_are_all_reported_with_their_names(base):
