@@ -2,27 +2,30 @@
 step, side by side in one run (DESIGN.md, "FlexEControl" and "Performance").
 
 Run from the repository root:
-  .venv/bin/python bench/flexecontrol.py     # ~10 minutes on 2 CPU cores; writes bench/results/flexecontrol.json
-  .venv/bin/python bench/flexecontrol.py --quick --out /tmp/flexecontrol_quick.json   # tiny sizes, for the test
+  .venv/bin/python bench/flexecontrol.py     # ~13 minutes on 2 CPU cores; writes bench/results/flexecontrol.json
+  .venv/bin/python bench/flexecontrol.py --quick --out /tmp/flexecontrol_quick.json   # tiny sizes
 
 1. Trainable parameters at SD-1.5 shapes: the UNet built from SD-1.5's config with random weights (no VAE or text
    encoder needed), then each control model from it, one at a time: FlexEControlBranch.from_unet,
    UniControlNetAdapter.from_unet and the module's ControlNet baseline (diffusers' ControlNetModel.from_unet, a
    3-channel condition), with 7 condition types of 3 channels (Uni-ControlNet's setting) and with 3.
-2. A training step at a size this machine runs (SMALL below; --quick: QUICK), for flexecontrol and uni_controlnet
-   with 1 and with 3 of the 7 condition types present: FlexEControlModule.predict_noise (the control model, then the
-   frozen UNet with its residuals), the module's diffusion loss, backward, and an AdamW step on the module's
+2. A training step at a size this machine runs (SMALL_UNET; --quick: QUICK_UNET), for flexecontrol and uni_controlnet
+   (both with the 7 types) with 1 and with 3 conditions present: FlexEControlModule.predict_noise (the control model,
+   then the frozen UNet with its residuals), the module's diffusion loss, backward, and an AdamW step on the module's
    trainable parameters (its configure_optimizers). Random latents and a prompt encoding made once stand in for the
-   frozen VAE and text encoder, whose cost is the same on both sides. Each configuration runs in its own process
-   (so its peak memory is its own), `--rounds` times, the configurations interleaved and their order rotated per
-   round: `--warmup` untimed steps, then `--steps` timed ones. Gradient checkpointing is off on both sides, and with
-   `--checkpointing both` also on (the control model's, as the module's `gradient_checkpointing` sets it).
-3. Memory: the peak RSS is reset once the models, optimizer and prompt encoding exist (/proc/self/clear_refs 5, so
-   that building's transient peak does not hide the step's); `train_memory_mb` = ru_maxrss over the steps minus the
-   RSS then, `peak_rss_mb` = that ru_maxrss itself. The memory ratio with a target uses train_memory_mb (see
-   MEMORY_RATIO_BASIS); the peak_rss ratio is written beside it.
-Figures are medians: step and phase times over every timed step of every round, memory over the rounds; the raw
-samples beside them (bench/result_file.py writes the file).
+   frozen VAE and text encoder, whose cost is the same on both sides. Gradient checkpointing is off on both sides,
+   and with `--checkpointing both` (the default) also on, as a second figure (the control model's, as the module's
+   `gradient_checkpointing` sets it).
+3. Memory: each configuration runs in a process of its own, `--rounds` times, the configurations interleaved and their
+   order rotated per round: `--warmup` untimed steps, then `--steps` timed ones. The peak RSS is reset once the
+   models, optimizer and prompt encoding exist (/proc/self/clear_refs 5, so that building's transient peak does not
+   hide the step's); `train_memory_mb` = ru_maxrss over the steps minus the RSS then, `peak_rss_mb` = that ru_maxrss.
+   The memory ratio with a target uses train_memory_mb (MEMORY_RATIO_BASIS); the peak_rss ratio is written beside it.
+4. Time: one more process per setting holds both variants, which step in turn on the same batches
+   (STEP_TIME_RATIO_BASIS): `--warmup` untimed steps each, then `--steps` timed ones each, each step split into
+   PHASES. The memory processes' own step times and their ratio are written beside it.
+Figures are medians: times over every timed step, memory over the rounds; the raw samples beside them
+(bench/result_file.py writes the file). Torch runs `--threads` threads (default 1) in every measurement.
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ from lightning_modules.flexecontrol.controlnet import ControlNetBaseline
 from lightning_modules.flexecontrol.module import FlexEControlModule
 from lightning_modules.flexecontrol.uni_controlnet import UniControlNetAdapter
 
-# Uni-ControlNet's seven local conditions, in its stacking order; the first three of THREE_TYPES' order are what
-# "1 and 3 conditions present" means below, and THREE_TYPES are the 3-type models of the parameter count.
+# Uni-ControlNet's seven local conditions, in its stacking order; THREE_TYPES: the 3-type models of the parameter
+# counts, and in the training step (whose models have all seven) the first 1 or all 3 of them are present.
 TYPES = ("canny", "mlsd", "hed", "sketch", "openpose", "depth", "seg")
 THREE_TYPES = ("canny", "depth", "seg")
 CONDITION_CHANNELS = 3
@@ -84,6 +87,11 @@ MEMORY_RATIO_BASIS = (
     "W + dW of each adapted layer. The RSS once built holds the Python process and its libraries (neither method's) "
     "and weights of nearly the same size on both sides (Uni-ControlNet's trainable copy, FlexEControl's frozen one), "
     "which at this small size would pull the total-peak ratio toward 1; peak_rss_mb and its ratio are written beside")
+STEP_TIME_RATIO_BASIS = (
+    "step_ms: one process per setting holding both variants, which step in turn on the same batches (the order "
+    "swapped every step), so that the machine's changing load (other jobs share its 2 cores) falls on both alike; "
+    "own_process_step_ms, the same steps timed in the per-configuration memory processes, which ran minutes apart, "
+    "and their ratio are written beside it")
 
 SD15_UNET = {"sample_size": 64, "in_channels": 4, "out_channels": 4, "block_out_channels": [320, 640, 1280, 1280],
              "layers_per_block": 2, "cross_attention_dim": 768, "attention_head_dim": 8,
@@ -186,8 +194,8 @@ def build_module(spec: Mapping[str, Any], tokenizer_dir: Path) -> FlexEControlMo
 
 
 def make_batch(module: FlexEControlModule, spec: Mapping[str, Any], generator: torch.Generator) -> dict[str, Any]:
-    """Latents, noise, timesteps, and every type's map with the first `present` types present (as ControlData gives
-    them: all types' maps, a present mask each)."""
+    """Latents, noise, timesteps, and every type's map, the first `present` of THREE_TYPES present (as ControlData
+    gives them: all types' maps, a present mask each)."""
     size = spec["size"]
     batch, side = size["batch"], size["latent_size"]
     maps_side = side * module.condition_scale
@@ -196,57 +204,56 @@ def make_batch(module: FlexEControlModule, spec: Mapping[str, Any], generator: t
             "timesteps": sample_timesteps(module.noise_scheduler, batch, generator=generator),
             "maps": {name: (torch.rand(batch, 1, CONDITION_CHANNELS, maps_side, maps_side, generator=generator)
                             > 0.8).float() for name in TYPES},
-            "present": {name: torch.full((batch, 1), index < spec["present"]) for index, name in enumerate(TYPES)}}
+            "present": {name: torch.full((batch, 1), name in THREE_TYPES[:spec["present"]]) for name in TYPES}}
 
 
-def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Build one configuration's module, take `warmup` untimed and `steps` timed training steps; per timed step the
-    time and its phases (ms), and the memory figures (module docstring)."""
-    torch.set_num_threads(spec["threads"])
-    rss_imports = rss_mb()
-    with tempfile.TemporaryDirectory() as tmp:
-        module = build_module(spec, Path(tmp) / "tokenizer")
-    module.train()  # the frozen parts stay in eval mode (diffusion.freeze)
-    optimizer = module.configure_optimizers()
-    scheduler = module.noise_scheduler
-    generator = torch.Generator().manual_seed(spec["seed"] + 1)
-    captions = [" ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(8)) for i in range(spec["size"]["batch"])]
-    with torch.no_grad():
-        context = encode_prompts(module.text_encoder, module.tokenizer, captions)
+class TrainingStep:
+    """One configuration's module (build_module), its AdamW (the module's configure_optimizers) and a prompt encoding
+    made once; calling it on a batch (make_batch) takes one training step and returns (loss, {"step": ms, and each of
+    PHASES: ms}). `checks()` says what it verified about its steps so far."""
 
-    trainable = [p for p in module.parameters() if p.requires_grad]
-    frozen = [p for p in module.parameters() if not p.requires_grad]
-    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    frozen_before, trainable_before = fingerprint(frozen), fingerprint(trainable)
-    unet_fingerprint = fingerprint(module.unet.parameters())
+    def __init__(self, spec: Mapping[str, Any]):
+        self.spec = spec
+        with tempfile.TemporaryDirectory() as tmp:
+            self.module = module = build_module(spec, Path(tmp) / "tokenizer")
+        module.train()  # the frozen parts stay in eval mode (diffusion.freeze)
+        self.optimizer = module.configure_optimizers()
+        captions = [" ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(8)) for i in range(spec["size"]["batch"])]
+        with torch.no_grad():
+            self.context = encode_prompts(module.text_encoder, module.tokenizer, captions)
+        self.trainable = [p for p in module.parameters() if p.requires_grad]
+        self.frozen = [p for p in module.parameters() if not p.requires_grad]
+        self.in_optimizer = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
+        self.frozen_before, self.trainable_before = fingerprint(self.frozen), fingerprint(self.trainable)
+        self.unet_fingerprint = fingerprint(module.unet.parameters())
+        self.losses: list[float] = []
+        self.stamps: dict[str, float] = {}
+        self.hooks = [module.unet.register_forward_pre_hook(self.unet_starts),
+                      module.control.register_forward_hook(self.on_control_output)]
 
-    stamps: dict[str, float] = {}
+    def unet_starts(self, *_) -> None:
+        self.stamps["unet_start"] = time.perf_counter()
 
-    def unet_starts(*_):
-        stamps["unet_start"] = time.perf_counter()
-
-    def on_control_output(_module, _args, output):
+    def on_control_output(self, _module, _args, output) -> None:
         # the middle residual is the UNet's first use of the control's outputs in its up path, so its gradient
         # arrives when the UNet's part of the backward pass is done (autograd runs later-recorded nodes first)
         mid = output[1]
         if mid.requires_grad:
-            mid.register_hook(lambda grad: stamps.__setitem__("mid_grad", time.perf_counter()))
+            mid.register_hook(lambda grad: self.stamps.__setitem__("mid_grad", time.perf_counter()))
 
-    hooks = [module.unet.register_forward_pre_hook(unet_starts),
-             module.control.register_forward_hook(on_control_output)]
-
-    def step(batch: dict[str, Any]) -> tuple[float, dict[str, float]]:
+    def __call__(self, batch: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
+        module, scheduler, stamps = self.module, self.module.noise_scheduler, self.stamps
         stamps.clear()
         start = time.perf_counter()
         noisy = noisy_latents(scheduler, batch["latents"], batch["noise"], batch["timesteps"])
         target = training_target(scheduler, batch["latents"], batch["noise"], batch["timesteps"])
-        prediction = module.predict_noise(noisy, batch["timesteps"], context, batch["maps"], batch["present"])
+        prediction = module.predict_noise(noisy, batch["timesteps"], self.context, batch["maps"], batch["present"])
         loss = diffusion_loss(prediction.float(), target.float())
         forward_done = time.perf_counter()
         loss.backward()
         backward_done = time.perf_counter()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         done = time.perf_counter()
         if "mid_grad" not in stamps:
             raise RuntimeError("the control's middle residual got no gradient: the backward pass did not reach it")
@@ -254,45 +261,82 @@ def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
         phases = {"control_forward": unet_start - start, "unet_forward": forward_done - unet_start,
                   "unet_backward": mid_grad - forward_done, "control_backward": backward_done - mid_grad,
                   "optimizer": done - backward_done}
-        return float(loss.detach()), {"step": (done - start) * 1000, **{k: v * 1000 for k, v in phases.items()}}
+        self.losses.append(float(loss.detach()))
+        return self.losses[-1], {"step": (done - start) * 1000, **{k: v * 1000 for k, v in phases.items()}}
 
+    def checks(self) -> dict[str, bool]:
+        module = self.module
+        return {
+            "losses_finite": bool(self.losses) and all(math.isfinite(v) for v in self.losses),
+            "optimizer_holds_exactly_the_trainable_parameters": self.in_optimizer == {id(p) for p in self.trainable},
+            "frozen_parameters_unchanged": fingerprint(self.frozen) == self.frozen_before,
+            "trainable_parameters_changed": fingerprint(self.trainable) != self.trainable_before,
+            "control_gradient_checkpointing_as_asked": (module.control_model().is_gradient_checkpointing
+                                                        == self.spec["gradient_checkpointing"]),
+            "unet_gradient_checkpointing_off": not module.unet.is_gradient_checkpointing,
+        }
+
+    def close(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+
+
+def timing_record(timed: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
+    return {"step_ms": [t["step"] for t in timed], **{f"{phase}_ms": [t[phase] for t in timed] for phase in PHASES}}
+
+
+def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """One configuration in a process of its own: `warmup` untimed and `steps` timed training steps; per timed step
+    the time and its phases (ms), and the memory figures (module docstring)."""
+    torch.set_num_threads(spec["threads"])
+    rss_imports = rss_mb()
+    step = TrainingStep(spec)
+    generator = torch.Generator().manual_seed(spec["seed"] + 1)
     gc.collect()
     build_peak = max_rss_mb()
     rss_built = rss_mb()
     peak_reset = reset_peak_rss()
-    losses, timed = [], []
+    timed = []
     for index in range(spec["warmup"] + spec["steps"]):
-        batch = make_batch(module, spec, generator)
-        loss, times = step(batch)
-        losses.append(loss)
+        batch = make_batch(step.module, spec, generator)
+        _, times = step(batch)
         if index >= spec["warmup"]:
             timed.append(times)
         del batch
     train_peak = max_rss_mb()
-    for hook in hooks:
-        hook.remove()
+    step.close()
     return {
         "variant": spec["variant"], "present": spec["present"],
-        "gradient_checkpointing": spec["gradient_checkpointing"],
-        "step_ms": [t["step"] for t in timed], **{f"{phase}_ms": [t[phase] for t in timed] for phase in PHASES},
+        "gradient_checkpointing": spec["gradient_checkpointing"], **timing_record(timed),
         "rss_after_imports_mb": rss_imports, "build_peak_mb": build_peak, "rss_after_build_mb": rss_built,
         "peak_rss_mb": train_peak, "train_memory_mb": train_peak - rss_built, "peak_reset": peak_reset,
-        "trainable_params": sum(p.numel() for p in trainable),
-        "frozen_params": sum(p.numel() for p in frozen),
-        "checks": {
-            "losses_finite": all(math.isfinite(v) for v in losses),
-            "optimizer_holds_exactly_the_trainable_parameters": in_optimizer == {id(p) for p in trainable},
-            "frozen_parameters_unchanged": fingerprint(frozen) == frozen_before,
-            "trainable_parameters_changed": fingerprint(trainable) != trainable_before,
-            "control_gradient_checkpointing_as_asked": (module.control_model().is_gradient_checkpointing
-                                                        == spec["gradient_checkpointing"]),
-            "unet_gradient_checkpointing_off": not module.unet.is_gradient_checkpointing,
-        },
-        "unet_fingerprint": unet_fingerprint,
+        "trainable_params": sum(p.numel() for p in step.trainable),
+        "frozen_params": sum(p.numel() for p in step.frozen), "checks": step.checks(),
+        "unet_fingerprint": step.unet_fingerprint,
     }
 
 
-WORKERS = {"params": count_parameters, "train": measure_training}
+def measure_alternating(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Both variants in one process, stepping in turn on the same batches (the order swapped every step), so that a
+    change in the machine's load falls on both alike: `warmup` untimed steps each, then `steps` timed ones each."""
+    torch.set_num_threads(spec["threads"])
+    steps = {variant: TrainingStep({**spec, "variant": variant}) for variant in VARIANTS}
+    generator = torch.Generator().manual_seed(spec["seed"] + 1)
+    timed: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+    for index in range(spec["warmup"] + spec["steps"]):
+        batch = make_batch(steps[VARIANTS[0]].module, spec, generator)
+        for variant in (VARIANTS if index % 2 == 0 else VARIANTS[::-1]):
+            _, times = steps[variant](batch)
+            if index >= spec["warmup"]:
+                timed[variant].append(times)
+    for step in steps.values():
+        step.close()
+    return {"present": spec["present"], "gradient_checkpointing": spec["gradient_checkpointing"],
+            "variants": {variant: {**timing_record(timed[variant]), "checks": steps[variant].checks(),
+                                   "unet_fingerprint": steps[variant].unet_fingerprint} for variant in VARIANTS}}
+
+
+WORKERS = {"params": count_parameters, "train": measure_training, "alternating": measure_alternating}
 
 
 def call_worker(kind: str, spec: Mapping[str, Any]) -> tuple[str, Any]:
@@ -340,9 +384,10 @@ def run_job(kind: str, spec: Mapping[str, Any], *, inline: bool) -> dict[str, An
 
 
 def describe(spec: Mapping[str, Any]) -> str:
-    if "variant" not in spec:
+    if "present" not in spec:
         return "parameter counts"
-    return f"{spec['variant']} {spec['present']}cond{' checkpointing' if spec['gradient_checkpointing'] else ''}"
+    setting = f"{spec['present']}cond{' checkpointing' if spec['gradient_checkpointing'] else ''}"
+    return f"{spec['variant']} {setting}" if "variant" in spec else f"{' and '.join(VARIANTS)} alternating {setting}"
 
 
 # -- one run: every job, then the result file --------------------------------------------------------------------------
@@ -350,12 +395,21 @@ def config_key(variant: str, present: int, checkpointing: bool) -> str:
     return f"{variant}_{present}cond{'_checkpointing' if checkpointing else ''}"
 
 
-def train_specs(args: argparse.Namespace, size: Mapping[str, Any]) -> list[dict[str, Any]]:
+def settings_of(args: argparse.Namespace) -> list[tuple[int, bool]]:
+    """(conditions present, gradient checkpointing) of every measured setting."""
     checkpointing = (False, True) if args.checkpointing == "both" else (False,)
-    return [{"variant": variant, "present": present, "gradient_checkpointing": gc_on, "size": dict(size),
-             "warmup": args.warmup, "steps": args.steps, "threads": args.threads, "n": args.n, "rank": args.rank,
-             "seed": 0}
-            for gc_on in checkpointing for present in PRESENT for variant in VARIANTS]
+    return [(present, gc_on) for gc_on in checkpointing for present in PRESENT]
+
+
+def train_specs(args: argparse.Namespace, size: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One spec per configuration (variant, conditions present, checkpointing), each measured in its own process."""
+    return [{"variant": variant, **alternating_spec(args, size, present, gc_on)}
+            for present, gc_on in settings_of(args) for variant in VARIANTS]
+
+
+def alternating_spec(args: argparse.Namespace, size: Mapping[str, Any], present: int, gc_on: bool) -> dict[str, Any]:
+    return {"present": present, "gradient_checkpointing": gc_on, "size": dict(size), "warmup": args.warmup,
+            "steps": args.steps, "threads": args.threads, "n": args.n, "rank": args.rank, "seed": 0}
 
 
 def rotated(items: Sequence, by: int) -> list:
@@ -363,8 +417,21 @@ def rotated(items: Sequence, by: int) -> list:
     return [*items[by:], *items[:by]]
 
 
-def aggregate(params: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Figures, samples, ratios and checks from the parameter counts and every training run's record."""
+def flexecontrol_pairs(keys) -> list[tuple[str, str, str]]:
+    """(flexecontrol key, uni_controlnet key, ratio suffix) for every setting both variants were measured in."""
+    pairs = []
+    for key in keys:
+        if key.startswith("flexecontrol_") and f"uni_controlnet_{key[len('flexecontrol_'):]}" in keys:
+            rest = key[len("flexecontrol_"):]  # "1cond" or "1cond_checkpointing"
+            pairs.append((key, f"uni_controlnet_{rest}", rest))
+    return pairs
+
+
+def aggregate(params: Mapping[str, Any], runs: Sequence[Mapping[str, Any]],
+              alternating: Sequence[Mapping[str, Any]], *, sd15_counts: bool) -> dict[str, Any]:
+    """Figures, samples, ratios and checks from the parameter counts, every own-process run's record and every
+    alternating run's record; `sd15_counts`: the counts were taken at SD-1.5 shapes (then Uni-ControlNet's is checked
+    against the published ~412M)."""
     figures: dict[str, float] = {}
     samples: dict[str, list[float]] = {}
     for label in ("7types", "3types"):
@@ -387,38 +454,43 @@ def aggregate(params: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> d
         / figures["three_controlnets_trainable_params"],
     }
 
-    by_key: dict[str, list[Mapping[str, Any]]] = {}
+    own: dict[str, list[Mapping[str, Any]]] = {}
     for run in runs:
-        by_key.setdefault(config_key(run["variant"], run["present"], run["gradient_checkpointing"]), []).append(run)
-    for key, key_runs in by_key.items():
-        for series in ("step_ms", *(f"{phase}_ms" for phase in PHASES)):
-            samples[f"{key}_{series}"] = [value for run in key_runs for value in run[series]]
+        own.setdefault(config_key(run["variant"], run["present"], run["gradient_checkpointing"]), []).append(run)
+    for key, key_runs in own.items():
+        samples[f"{key}_own_process_step_ms"] = [value for run in key_runs for value in run["step_ms"]]
         for series in ("train_memory_mb", "peak_rss_mb", "rss_after_build_mb"):
             samples[f"{key}_{series}"] = [run[series] for run in key_runs]
         figures[f"{key}_trainable_params"] = key_runs[0]["trainable_params"]
+    timed: dict[str, list[Mapping[str, Any]]] = {}
+    for run in alternating:
+        for variant, record in run["variants"].items():
+            timed.setdefault(config_key(variant, run["present"], run["gradient_checkpointing"]), []).append(record)
+    for key, records in timed.items():
+        for series in ("step_ms", *(f"{phase}_ms" for phase in PHASES)):
+            samples[f"{key}_{series}"] = [value for record in records for value in record[series]]
     figures.update({name: statistics.median(values) for name, values in samples.items()})
-    for key in by_key:
-        if not key.startswith("flexecontrol_"):
-            continue
-        rest = key[len("flexecontrol_"):]  # "1cond" or "1cond_checkpointing"
-        present, _, suffix = rest.partition("_")
-        suffix = f"_{suffix}" if suffix else ""
-        other = f"uni_controlnet_{rest}"
-        if other not in by_key:
-            continue
-        for ratio, series in (("memory", "train_memory_mb"), ("peak_rss", "peak_rss_mb"), ("step_time", "step_ms")):
+
+    for key, other, rest in flexecontrol_pairs(own):
+        for ratio, series in ((f"memory_{rest}", "train_memory_mb"), (f"peak_rss_{rest}", "peak_rss_mb"),
+                              (f"step_time_{rest}_own_processes", "own_process_step_ms")):
             ours, theirs = figures[f"{key}_{series}"], figures[f"{other}_{series}"]
             if ours > 0 and theirs > 0:  # a step can add less than the allocator's granularity at tiny sizes
-                ratios[f"flexecontrol_over_uni_controlnet_{ratio}_{present}{suffix}"] = ours / theirs
-        control = [figures[f"{k}_{p}_ms"] for k in (key, other) for p in ("control_forward", "control_backward",
-                                                                            "optimizer")]
-        ratios[f"flexecontrol_over_uni_controlnet_control_time_{present}{suffix}"] = sum(control[:3]) / sum(control[3:])
+                ratios[f"flexecontrol_over_uni_controlnet_{ratio}"] = ours / theirs
+    for key, other, rest in flexecontrol_pairs(timed):
+        ratios[f"flexecontrol_over_uni_controlnet_step_time_{rest}"] = (
+            figures[f"{key}_step_ms"] / figures[f"{other}_step_ms"])
+        control = [sum(figures[f"{k}_{p}_ms"] for p in ("control_forward", "control_backward", "optimizer"))
+                   for k in (key, other)]
+        ratios[f"flexecontrol_over_uni_controlnet_control_time_{rest}"] = control[0] / control[1]
 
-    run_checks = {name: all(run["checks"][name] for run in runs) for name in runs[0]["checks"]} if runs else {}
+    records = [*runs, *(record for run in alternating for record in run["variants"].values())]
+    run_checks = ({name: all(record["checks"][name] for record in records) for name in records[0]["checks"]}
+                  if records else {})
     uni_7 = params["uni_controlnet_7types"]
     checks = {
         **run_checks,
-        "same_frozen_unet_on_every_side": len({run["unet_fingerprint"] for run in runs}) == 1,
+        "same_frozen_unet_on_every_side": len({record["unet_fingerprint"] for record in records}) == 1,
         "peak_rss_reset_after_build": all(run["peak_reset"] for run in runs),
         "uni_controlnet_parts_sum_to_its_trainable_count": all(
             params[f"uni_controlnet_{label}"]["parts_total"] == params[f"uni_controlnet_{label}"]["total"]
@@ -426,12 +498,13 @@ def aggregate(params: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]) -> d
         "flexecontrol_groups_sum_to_its_trainable_count": all(
             sum(v for k, v in params[f"flexecontrol_{label}"].items() if k != "total")
             == params[f"flexecontrol_{label}"]["total"] for label in ("7types", "3types")),
-        "uni_controlnet_7types_params_near_412M_at_sd15": bool(abs(uni_7["total"] - 412e6) / 412e6 < 0.01),
     }
+    if sd15_counts:
+        checks["uni_controlnet_7types_params_near_412M_at_sd15"] = bool(abs(uni_7["total"] - 412e6) / 412e6 < 0.01)
     return {"figures": figures, "samples": samples, "ratios": ratios, "checks": checks}
 
 
-def notes(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], quick: bool) -> str:
+def notes(result: Mapping[str, Any], quick: bool) -> str:
     """What the figures say: every target met or missed, and for the training ratios where the time and memory go."""
     figures, ratios = result["figures"], result["ratios"]
     lines = []
@@ -457,9 +530,17 @@ def notes(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], quick: b
                          f"{phase['unet_backward']:.0f} + control backward {phase['control_backward']:.0f} + AdamW "
                          f"{phase['optimizer']:.0f} (the frozen UNet, the same on both sides: "
                          f"{unet / figures[f'{key}_step_ms']:.0%})")
-        if parts:
-            lines.append(f"{present} condition(s), medians per step: " + "; ".join(parts) + ".")
         flex_key, uni_key = f"flexecontrol_{present}cond", f"uni_controlnet_{present}cond"
+        if len(parts) == 2:
+            unet = [figures[f"{key}_unet_forward_ms"] + figures[f"{key}_unet_backward_ms"] for key in (flex_key, uni_key)]
+            lines.append(
+                f"{present} condition(s), medians per step, the two stepping in turn in one process: " + "; ".join(parts)
+                + f". The frozen UNet's forward and backward are the same work on both sides ({unet[0]:.0f} vs "
+                f"{unet[1]:.0f} ms: their {abs(unet[0] / unet[1] - 1):.0%} difference shows the measurement's noise); "
+                f"without them flexecontrol's part of a step is "
+                f"{ratios[f'flexecontrol_over_uni_controlnet_control_time_{present}cond']:.2f}x Uni-ControlNet's. "
+                f"The frozen UNet alone is {unet[0] / figures[f'{uni_key}_step_ms']:.2f} of Uni-ControlNet's step, so "
+                f"at this size the step-time ratio cannot fall below that, whatever the control costs.")
         if f"{flex_key}_train_memory_mb" in figures and f"{uni_key}_train_memory_mb" in figures:
             uni_params = figures[f"{uni_key}_trainable_params"]
             lines.append(
@@ -470,6 +551,18 @@ def notes(result: Mapping[str, Any], runs: Sequence[Mapping[str, Any]], quick: b
                 f"{figures[f'{flex_key}_trainable_params'] / 1e6:.2f}M, but keeps each adapted layer's W + dW for "
                 f"its backward pass and back-propagates through the whole frozen copy as Uni-ControlNet does through "
                 f"its trainable one.")
+    per_condition = []
+    for variant in VARIANTS:
+        keys = [f"{variant}_{present}cond" for present in PRESENT]
+        if all(f"{key}_control_forward_ms" in figures and f"{key}_train_memory_mb" in figures for key in keys):
+            forward = " -> ".join(f"{figures[f'{key}_control_forward_ms']:.0f}" for key in keys)
+            memory = " -> ".join(f"{figures[f'{key}_train_memory_mb']:.0f}" for key in keys)
+            per_condition.append(f"{variant} control forward {forward} ms, training memory {memory} MiB")
+    if per_condition:
+        lines.append(
+            f"From {' to '.join(map(str, PRESENT))} conditions present: " + "; ".join(per_condition) + ". FlexEControl "
+            "runs each present condition's own encoder on its full-size map (activations kept for backward); "
+            "Uni-ControlNet stacks all its types in channels and costs the same whatever is present.")
     for label, types in (("7types", len(TYPES)), ("3types", len(THREE_TYPES))):
         flex = {part: figures[f"flexecontrol_{label}_trainable_params_{part}"]
                 for part in ("zero_convolutions", "condition_encoders", "kronecker_layers", "kronecker_shared")}
@@ -509,7 +602,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="with --quick: run every measurement in this process (memory figures not separate)")
     args = parser.parse_args(argv)
     problems = [f"--{name} must be >= {low}, got {getattr(args, name)}"
-                for name, low in (("rounds", MIN_SAMPLES), ("warmup", 0), ("steps", 1 if args.quick else 5),
+                for name, low in (("rounds", MIN_SAMPLES), ("warmup", 0), ("steps", MIN_SAMPLES if args.quick else 5),
                                   ("threads", 1), ("n", 1), ("rank", 1)) if getattr(args, name) < low]
     if args.quick and args.out is None:
         problems.append("--quick needs --out PATH.json (it never writes the committed results)")
@@ -544,14 +637,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"round {round_index + 1}/{args.rounds} {describe(spec)}: "
                   f"{statistics.median(run['step_ms']):.0f} ms/step, training memory {run['train_memory_mb']:.0f} MiB "
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
-    result = aggregate(params, runs)
+    alternating = []
+    for present, gc_on in settings_of(args):
+        spec = alternating_spec(args, size["train"], present, gc_on)
+        run = run_job("alternating", spec, inline=args.inline)
+        alternating.append(run)
+        times = ", ".join(f"{variant} {statistics.median(record['step_ms']):.0f}" for variant, record in
+                          run["variants"].items())
+        print(f"{describe(spec)}: {times} ms/step ({time.perf_counter() - started:.0f} s)", file=sys.stderr,
+              flush=True)
+    result = aggregate(params, runs, alternating, sd15_counts=size["params_unet"] == SD15_UNET)
     out = args.out if args.out is not None else RESULTS / "flexecontrol.json"
     argv = sys.argv if argv is None else [str(Path(__file__)), *argv]
     write_result(
         out.stem, directory=out.parent, argv=argv, libraries=("diffusers",),
         figures=result["figures"], ratios=result["ratios"],
         targets={name: target for name, target in TARGETS.items() if name in result["ratios"]},
-        samples=result["samples"], checks=result["checks"], notes=notes(result, runs, args.quick),
+        samples=result["samples"], checks=result["checks"], notes=notes(result, args.quick),
         settings={
             "size": "quick" if args.quick else "full",
             "params_unet": size["params_unet"], "params_models": (
@@ -563,13 +665,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train_unet": size["train"]["unet"], "latent_size": size["train"]["latent_size"],
             "condition_map_size": size["train"]["latent_size"] * CONDITION_SCALE, "batch": size["train"]["batch"],
             "prompt_tokens": PROMPT_TOKENS, "train_types": list(TYPES),
-            "present": {str(k): list(TYPES[:k]) for k in PRESENT},
+            "present": {str(k): list(THREE_TYPES[:k]) for k in PRESENT},
             "step": ("FlexEControlModule.predict_noise (control, then the frozen UNet with its residuals), "
                      "diffusion_loss (MSE to the epsilon target), backward, AdamW step (configure_optimizers: the "
                      "trainable parameters only), zero_grad; latents and the prompt encoding are made outside it"),
             "precision": "fp32", "device": "cpu", "torch_threads": args.threads,
             "warmup_steps": args.warmup, "timed_steps": args.steps, "rounds": args.rounds,
-            "separate_processes": not args.inline,
+            "separate_processes": not args.inline, "step_time_ratio_basis": STEP_TIME_RATIO_BASIS,
             "gradient_checkpointing": "off and on (control model)" if args.checkpointing == "both" else "off",
             "memory_ratio_basis": MEMORY_RATIO_BASIS,
             "phases": ("control_forward until the UNet's forward starts; unet_forward to the loss; unet_backward "

@@ -59,6 +59,17 @@ def test_both_sides_get_the_same_frozen_unet_and_batches(tmp_path):
     assert a["maps"]["canny"].shape == (QUICK_TRAIN["batch"], 1, fb.CONDITION_CHANNELS, side, side)
 
 
+def test_the_alternating_run_times_both_variants_on_the_same_unet():
+    record = fb.measure_alternating({key: value for key, value in train_spec(steps=2, warmup=1).items()
+                                     if key != "variant"})
+    assert set(record["variants"]) == set(fb.VARIANTS)
+    flex, uni = record["variants"]["flexecontrol"], record["variants"]["uni_controlnet"]
+    assert flex["unet_fingerprint"] == uni["unet_fingerprint"]
+    for variant in (flex, uni):
+        assert len(variant["step_ms"]) == 2 and all(len(variant[f"{p}_ms"]) == 2 for p in fb.PHASES)
+        assert variant["checks"] == {name: True for name in variant["checks"]}
+
+
 def test_parameter_counts_at_a_tiny_unet():
     counts = fb.count_parameters({"unet": fb.QUICK_UNET, "n": 2, "rank": 2})
     for label in ("7types", "3types"):
@@ -92,20 +103,24 @@ FAKE_PARAMS = {
     "controlnet": {"total": 500},
 }
 STEP_MS = {"flexecontrol": 60.0, "uni_controlnet": 100.0}  # flexecontrol 0.6x: misses "<= 0.5"
+OWN_PROCESS_MS = {"flexecontrol": 80.0, "uni_controlnet": 100.0}  # the memory processes' timings: 0.8x
 MEMORY_MB = {"flexecontrol": 50.0, "uni_controlnet": 100.0}  # 0.5x: meets "<= 0.6"
+PHASE_SHARES = {"control_forward": 0.2, "unet_forward": 0.3, "unet_backward": 0.2, "control_backward": 0.2,
+                "optimizer": 0.1}
 
 
-def fake_train(calls, memory=MEMORY_MB):
+def timings(base_ms: float, spec) -> dict:
+    step = base_ms * (1 + spec["present"] / 10)
+    return {"step_ms": [step + i for i in range(spec["steps"])],
+            **{f"{p}_ms": [share * (step + i) for i in range(spec["steps"])] for p, share in PHASE_SHARES.items()}}
+
+
+def fake_train(calls, memory):
     def measure(spec):
         calls.append((spec["variant"], spec["present"], spec["gradient_checkpointing"]))
-        variant, steps = spec["variant"], spec["steps"]
-        step = STEP_MS[variant] * (1 + spec["present"] / 10)
-        phases = {"control_forward": 0.2, "unet_forward": 0.3, "unet_backward": 0.2, "control_backward": 0.2,
-                  "optimizer": 0.1}
+        variant = spec["variant"]
         return {"variant": variant, "present": spec["present"],
-                "gradient_checkpointing": spec["gradient_checkpointing"],
-                "step_ms": [step + i for i in range(steps)],
-                **{f"{p}_ms": [share * (step + i) for i in range(steps)] for p, share in phases.items()},
+                "gradient_checkpointing": spec["gradient_checkpointing"], **timings(OWN_PROCESS_MS[variant], spec),
                 "rss_after_imports_mb": 400.0, "build_peak_mb": 520.0, "rss_after_build_mb": 500.0,
                 "peak_rss_mb": 500.0 + memory[variant], "train_memory_mb": memory[variant], "peak_reset": True,
                 "trainable_params": 10, "frozen_params": 90, "checks": {"losses_finite": True},
@@ -113,24 +128,40 @@ def fake_train(calls, memory=MEMORY_MB):
     return measure
 
 
+def fake_alternating(calls):
+    def measure(spec):
+        calls.append(("alternating", spec["present"], spec["gradient_checkpointing"]))
+        return {"present": spec["present"], "gradient_checkpointing": spec["gradient_checkpointing"],
+                "variants": {variant: {**timings(STEP_MS[variant], spec), "checks": {"losses_finite": True},
+                                       "unet_fingerprint": 1.5} for variant in fb.VARIANTS}}
+    return measure
+
+
 def run_main(monkeypatch, tmp_path, *extra, memory=MEMORY_MB):
     calls = []
     monkeypatch.setitem(fb.WORKERS, "params", lambda spec: FAKE_PARAMS)
     monkeypatch.setitem(fb.WORKERS, "train", fake_train(calls, memory))
+    monkeypatch.setitem(fb.WORKERS, "alternating", fake_alternating(calls))
     out = tmp_path / "result.json"
-    assert fb.main(["--quick", "--inline", "--out", str(out), "--rounds", "3", "--steps", "2", *extra]) == 0
+    assert fb.main(["--quick", "--inline", "--out", str(out), "--rounds", "3", "--steps", "3", *extra]) == 0
     return read_result(out), calls
 
 
 def test_run_writes_ratios_of_the_medians_and_reports_missed_targets(monkeypatch, tmp_path):
     record, calls = run_main(monkeypatch, tmp_path, "--checkpointing", "off")
-    assert len(calls) == 3 * 4  # rounds x (2 variants x 1 and 3 conditions)
-    assert calls[:4] != calls[4:8]  # each round starts at a different configuration
-    assert sorted(calls[:4]) == sorted(calls[4:8]) == sorted(calls[8:])
+    own, alternating = calls[:12], calls[12:]
+    assert len(own) == 3 * 4  # rounds x (2 variants x 1 and 3 conditions), each in its own process
+    assert own[:4] != own[4:8]  # each round starts at a different configuration
+    assert sorted(own[:4]) == sorted(own[4:8]) == sorted(own[8:])
+    assert alternating == [("alternating", 1, False), ("alternating", 3, False)]
     figures, ratios = record["figures"], record["ratios"]
-    assert figures["flexecontrol_1cond_step_ms"] == 66.5  # median over 3 rounds x 2 steps of 66 and 67
-    assert record["samples"]["flexecontrol_1cond_step_ms"] == [66.0, 67.0] * 3
-    assert ratios["flexecontrol_over_uni_controlnet_step_time_1cond"] == pytest.approx(66.5 / 110.5)
+    assert figures["flexecontrol_1cond_step_ms"] == 67.0  # median of the alternating run's 66, 67, 68
+    assert record["samples"]["flexecontrol_1cond_step_ms"] == [66.0, 67.0, 68.0]
+    assert record["samples"]["flexecontrol_1cond_own_process_step_ms"] == [88.0, 89.0, 90.0] * 3  # every round's
+    assert ratios["flexecontrol_over_uni_controlnet_step_time_1cond"] == pytest.approx(67 / 111)
+    assert ratios["flexecontrol_over_uni_controlnet_step_time_1cond_own_processes"] == pytest.approx(89 / 111)
+    # control forward + control backward + AdamW are half of each stand-in step
+    assert ratios["flexecontrol_over_uni_controlnet_control_time_3cond"] == pytest.approx(79 / 131)
     assert ratios["flexecontrol_over_uni_controlnet_memory_3cond"] == pytest.approx(0.5)
     assert ratios["flexecontrol_over_uni_controlnet_peak_rss_3cond"] == pytest.approx(550 / 600)
     assert ratios["flexecontrol_over_uni_controlnet_params"] == pytest.approx(400 / 2000)
@@ -139,18 +170,22 @@ def test_run_writes_ratios_of_the_medians_and_reports_missed_targets(monkeypatch
     assert set(record["targets"]) == set(fb.TARGETS)
     assert record["target_met"]["flexecontrol_over_uni_controlnet_step_time_3cond"] is False
     assert record["target_met"]["flexecontrol_over_uni_controlnet_memory_1cond"] is True
-    assert "flexecontrol_over_uni_controlnet_step_time_1cond = 0.602 (target <= 0.5): MISSED" in record["notes"]
+    assert "flexecontrol_over_uni_controlnet_step_time_1cond = 0.604 (target <= 0.5): MISSED" in record["notes"]
+    # the frozen UNet is 0.5 of each stand-in step: 33.5 ms of flexecontrol's 67 against Uni-ControlNet's 111
+    assert "The frozen UNet alone is 0.30 of Uni-ControlNet's step" in record["notes"]
+    assert "flexecontrol control forward 13 -> 16 ms, training memory 50 -> 50 MiB" in record["notes"]
     assert not any(name.endswith("_checkpointing") for name in ratios)
     assert record["checks"]["same_frozen_unet_on_every_side"] is True
-    assert record["checks"]["uni_controlnet_7types_params_near_412M_at_sd15"] is False  # stand-in counts
+    assert "uni_controlnet_7types_params_near_412M_at_sd15" not in record["checks"]  # counts at a tiny UNet
     assert record["settings"]["separate_processes"] is False and record["settings"]["torch_threads"] == 1
     assert record["command"].startswith("python bench/flexecontrol.py --quick")
 
 
 def test_checkpointing_adds_its_own_configurations_and_untargeted_ratios(monkeypatch, tmp_path):
     record, calls = run_main(monkeypatch, tmp_path, "--checkpointing", "both")
-    assert len(calls) == 3 * 8 and sum(gc_on for _, _, gc_on in calls) == 12
+    assert len(calls) == 3 * 8 + 4 and sum(gc_on for _, _, gc_on in calls) == 12 + 2
     assert "flexecontrol_over_uni_controlnet_step_time_3cond_checkpointing" in record["ratios"]
+    assert "flexecontrol_over_uni_controlnet_memory_1cond_checkpointing" in record["ratios"]
     assert "flexecontrol_3cond_checkpointing_train_memory_mb" in record["figures"]
     assert not any(name.endswith("_checkpointing") for name in record["targets"])
 
@@ -161,6 +196,27 @@ def test_a_step_that_adds_no_memory_gets_no_memory_ratio(monkeypatch, tmp_path):
     assert not any("_memory_" in name for name in record["ratios"])
     assert not any("_memory_" in name for name in record["targets"])
     assert "flexecontrol_over_uni_controlnet_memory_1cond (target <= 0.6): not measured" in record["notes"]
+    assert "flexecontrol_over_uni_controlnet_step_time_1cond" in record["targets"]
+
+
+def test_a_failed_check_is_written_as_failed_and_named_in_the_notes(monkeypatch, tmp_path):
+    calls = []
+    broken = fake_train(calls, MEMORY_MB)
+
+    def train(spec):
+        record = broken(spec)
+        if spec["variant"] == "uni_controlnet":
+            record["checks"] = {"losses_finite": False}
+        return record
+
+    monkeypatch.setitem(fb.WORKERS, "params", lambda spec: FAKE_PARAMS)
+    monkeypatch.setitem(fb.WORKERS, "train", train)
+    monkeypatch.setitem(fb.WORKERS, "alternating", fake_alternating(calls))
+    out = tmp_path / "result.json"
+    fb.main(["--quick", "--inline", "--out", str(out), "--checkpointing", "off", "--steps", "3"])
+    record = read_result(out)
+    assert record["checks"]["losses_finite"] is False
+    assert "Checks that failed: losses_finite" in record["notes"]
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -169,6 +225,7 @@ def test_a_step_that_adds_no_memory_gets_no_memory_ratio(monkeypatch, tmp_path):
     (["--quick", "--out", "/tmp/x.txt"], "--out must name a .json file"),
     (["--rounds", "2"], "--rounds must be >= 3"),
     (["--steps", "4"], "--steps must be >= 5"),
+    (["--quick", "--out", "/tmp/x.json", "--steps", "2"], "--steps must be >= 3"),
     (["--inline"], "--inline is for --quick"),
     (["--quick", "--out", "/tmp/x.json", "--threads", "0", "--rank", "0"],
      "--threads must be >= 1, got 0; --rank must be >= 1, got 0"),  # every problem at once
