@@ -20,7 +20,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -175,6 +175,23 @@ def read_json(path: Path, arg: str) -> Any:
         raise UsageError(f"{arg} {path}: not valid JSON ({e})".splitlines()[0]) from e
 
 
+def jsonl_objects(path: Path, hint: str = "") -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSON-lines file, blank lines skipped; a line that is not a JSON object is a
+    UsageError naming it (`hint` is added to the message for invalid JSON). Opening and decoding errors are the
+    caller's to report."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise UsageError(f"{path}:{n}: not valid JSON ({e}){hint}") from e
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}:{n}: expected a JSON object per line")
+            yield n, row
+
+
 def read_rows(path: Path, columns: Sequence[str], arg: str) -> list[dict[str, Any]]:
     """The rows of a .jsonl (one object per line; `columns` must be strings) or .csv (with a header) file."""
     if not path.is_file():
@@ -183,22 +200,13 @@ def read_rows(path: Path, columns: Sequence[str], arg: str) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     try:
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as e:
-                        raise UsageError(f"{path}:{n}: not valid JSON ({e})") from e
-                    if not isinstance(row, dict):
-                        raise UsageError(f"{path}:{n}: expected a JSON object per line")
-                    for col in columns:
-                        if col not in row:
-                            raise UsageError(f"{path}:{n}: missing column {col!r}")
-                        if not isinstance(row[col], str):
-                            raise UsageError(f"{path}:{n}: column {col!r} must be a string, got {row[col]!r}")
-                    rows.append(row)
+            for n, row in jsonl_objects(path):
+                for col in columns:
+                    if col not in row:
+                        raise UsageError(f"{path}:{n}: missing column {col!r}")
+                    if not isinstance(row[col], str):
+                        raise UsageError(f"{path}:{n}: column {col!r} must be a string, got {row[col]!r}")
+                rows.append(row)
         elif suffix == ".csv":
             with open(path, encoding="utf-8", newline="") as f:
                 reader = csv.DictReader(f)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -30,7 +29,8 @@ from PIL import Image
 from datamodules.errors import UsageError, did_you_mean, first_line
 from datamodules.synthetic_shapes import draw_shape
 from datamodules.writers.common import (DEFAULT_OPTIONS, Encoded, ShardKind, ShardOptions, check_out, image_bytes,
-                                        json_bytes, png_bytes, read_rows, shared_image_ext, to_png, write_shards)
+                                        json_bytes, jsonl_objects, png_bytes, read_rows, shared_image_ext, to_png,
+                                        write_shards)
 from datamodules.writers.synthetic_shapes import (add_shape_arguments, check_shape_arguments, shape_fields,
                                                   shapes_metadata)
 
@@ -424,21 +424,12 @@ def multigen_tasks(root: Path, tasks: str | Sequence[str] | None) -> list[str]:
 def multigen_rows(path: Path, key: str) -> Iterator[dict[str, Any]]:
     """The rows of a MultiGen-20M task file (one JSON object per line), each with a string source and `key`."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise UsageError(f"{path}:{n}: not valid JSON ({e}); a task file has one object per line") from e
-                if not isinstance(row, dict):
-                    raise UsageError(f"{path}:{n}: expected a JSON object per line")
-                for field in ("source", key):
-                    if not isinstance(row.get(field), str):
-                        raise UsageError(f"{path}:{n}: {field!r} must be a file path (a row has source, prompt and "
-                                         f"{key}), got {row.get(field)!r}")
-                yield row
+        for n, row in jsonl_objects(path, hint="; a task file has one object per line"):
+            for field in ("source", key):
+                if not isinstance(row.get(field), str):
+                    raise UsageError(f"{path}:{n}: {field!r} must be a file path (a row has source, prompt and "
+                                     f"{key}), got {row.get(field)!r}")
+            yield row
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: unreadable ({e})") from e
 
