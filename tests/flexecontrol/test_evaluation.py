@@ -53,14 +53,9 @@ def gray_canny(image: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------------------- models
 @pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random models saved locally: a CLIP with its processor (layer-norm biases and one shared projection make
-    its image and text embeddings point roughly the same way, so CLIP scores are positive and differ), DPT (relative
-    depth), GLPN (metric depth), Segformer (3 labels), each with its image processor."""
-    from transformers import (CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer, DPTConfig,
-                              DPTForDepthEstimation, DPTImageProcessor, GLPNConfig, GLPNForDepthEstimation,
-                              GLPNImageProcessor, SegformerConfig, SegformerForSemanticSegmentation,
-                              SegformerImageProcessor)
+def models(tmp_path_factory, vision_models) -> dict[str, Path]:
+    """The package's tiny depth and segmentation models, and a tiny CLIP whose scores are positive and differ."""
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     from lightning_modules.clip_pretrain.random_clip import write_random_clip
 
@@ -75,25 +70,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     image_processor = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})
     CLIPProcessor(image_processor=image_processor, tokenizer=CLIPTokenizer.from_pretrained(clip_dir)).save_pretrained(
         clip_dir)
-    torch.manual_seed(0)
-    DPTForDepthEstimation(DPTConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16, image_size=32, patch_size=8,
-        backbone_out_indices=[0, 1], neck_hidden_sizes=[8, 8], fusion_hidden_size=8, reassemble_factors=[2, 1],
-        head_in_index=-1)).save_pretrained(root / "dpt")
-    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "dpt")
-    encoder = dict(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
-                   num_attention_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8)
-    GLPNForDepthEstimation(GLPNConfig(**encoder)).save_pretrained(root / "glpn")
-    GLPNImageProcessor(size_divisor=32).save_pretrained(root / "glpn")
-    labels = {0: "sky", 1: "tree", 2: "car"}
-    SegformerForSemanticSegmentation(SegformerConfig(
-        **encoder, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
-    ).save_pretrained(root / "seg")
-    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "seg")
-    return {"clip": clip_dir, "dpt": root / "dpt", "glpn": root / "glpn", "seg": root / "seg"}
+    return {"clip": clip_dir, **vision_models}
 
 
-# ----------------------------------------------------------------------------------------------------------- edges
 def test_edge_scores_by_hand():
     predicted = torch.zeros(3, 4, 4, dtype=torch.bool)
     reference = torch.zeros(3, 4, 4, dtype=torch.bool)

@@ -91,32 +91,9 @@ def rows_file(tmp_path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> dict[str, Path]:
-    """Tiny random models saved with their image processors: DPT (relative depth), GLPN (metric depth), Segformer
-    (semantic segmentation, 3 labels)."""
-    import torch
-    from transformers import (DPTConfig, DPTForDepthEstimation, DPTImageProcessor, GLPNConfig, GLPNForDepthEstimation,
-                              GLPNImageProcessor, SegformerConfig, SegformerForSemanticSegmentation,
-                              SegformerImageProcessor)
-
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    encoder = dict(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
-                   num_attention_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8)
-    DPTForDepthEstimation(DPTConfig(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16, image_size=32, patch_size=8,
-        backbone_out_indices=[0, 1], neck_hidden_sizes=[8, 8], fusion_hidden_size=8, reassemble_factors=[2, 1],
-        head_in_index=-1)).save_pretrained(root / "dpt")
-    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "dpt")
-    GLPNForDepthEstimation(GLPNConfig(**encoder)).save_pretrained(root / "glpn")
-    GLPNImageProcessor(size_divisor=32).save_pretrained(root / "glpn")
-    labels = {0: "sky", 1: "tree", 2: "car"}
-    SegformerForSemanticSegmentation(SegformerConfig(
-        **encoder, num_labels=3, id2label=labels, label2id={v: k for k, v in labels.items()})
-    ).save_pretrained(root / "seg")
-    SegformerImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root / "seg")
-    return {"dpt": root / "dpt", "glpn": root / "glpn", "seg": root / "seg"}
+@pytest.fixture
+def models(vision_models) -> dict[str, Path]:
+    return vision_models
 
 
 def test_canny_and_sketch_maps_of_the_images_as_they_are(tmp_path, rows_file):
