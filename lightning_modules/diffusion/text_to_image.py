@@ -26,21 +26,28 @@ from lightning_modules.diffusion.objective import (diffusion_loss, drop_prompts,
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 
 
+def image_and_caption(sample: dict[str, Any], resolution: int) -> tuple[torch.Tensor, str]:
+    """A decoded sample's image as pixels in [-1, 1] (resized, centre-cropped to `resolution`) and its caption
+    (json.caption, else txt); a KeyError names what is missing (the sample is counted bad)."""
+    image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+    if image_key is None:
+        raise KeyError(f"no image field (one of {', '.join(IMAGE_KEYS)})")
+    meta = sample.get("json")
+    caption = meta.get("caption") if isinstance(meta, dict) else sample.get("txt")
+    if not isinstance(caption, str):
+        raise KeyError("no caption (json.caption or txt)")
+    image = center_crop(resize_shorter(sample[image_key], resolution), resolution)
+    return image.float() / 127.5 - 1.0, caption
+
+
 class ImageCaptionSample(DecodeSample):
     def __init__(self, resolution: int):
         super().__init__()
         self.resolution = resolution
 
     def transform(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
-        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if image_key is None:
-            raise KeyError(f"no image field (one of {', '.join(IMAGE_KEYS)})")
-        meta = sample.get("json")
-        caption = meta.get("caption") if isinstance(meta, dict) else sample.get("txt")
-        if not isinstance(caption, str):
-            raise KeyError("no caption (json.caption or txt)")
-        image = center_crop(resize_shorter(sample[image_key], self.resolution), self.resolution)
-        return {"__key__": sample["__key__"], "pixel_values": image.float() / 127.5 - 1.0, "caption": caption}
+        pixels, caption = image_and_caption(sample, self.resolution)
+        return {"__key__": sample["__key__"], "pixel_values": pixels, "caption": caption}
 
 
 class ImageCaptionData(ShardDataModule):

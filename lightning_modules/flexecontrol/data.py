@@ -26,9 +26,9 @@ from datamodules.errors import raise_param_problems
 from datamodules.shard_datamodule import ShardDataModule
 from datamodules.shard_dataset import DecodeSample
 from datamodules.transforms import center_crop, resize_shorter, sample_generator
+from lightning_modules.diffusion.text_to_image import IMAGE_KEYS, image_and_caption
 from lightning_modules.flexecontrol.conditions import split_into_regions
 
-IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 MAP_KEY = re.compile(r"^(?P<type>[a-z][a-z0-9_]*)(?:\.(?P<k>\d+))?\.png$")
 
 
@@ -55,14 +55,8 @@ class ControlSample(DecodeSample):
         return center_crop(resize_shorter(image, self.resolution, mode), self.resolution)
 
     def transform(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
-        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
-        if image_key is None:
-            raise KeyError(f"no image field (one of {', '.join(IMAGE_KEYS)})")
-        meta = sample["json"]
-        caption = meta.get("caption") if isinstance(meta, dict) else None
-        if not isinstance(caption, str):
-            raise KeyError("json.caption must be a string")
-        pixels = self._fit(sample[image_key], "bicubic").float() / 127.5 - 1.0
+        pixels, caption = image_and_caption(sample, self.resolution)
+        meta = sample["json"] if isinstance(sample["json"], dict) else {}
         generator = sample_generator(self.seed, epoch, sample["__key__"])
         out: dict[str, Any] = {"__key__": sample["__key__"], "pixel_values": pixels, "caption": caption}
         keys = condition_keys(sample)  # types the model was not built for are not read: a model may use a subset
