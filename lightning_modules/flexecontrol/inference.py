@@ -52,7 +52,8 @@ def read_checkpoint(checkpoint_path: str | os.PathLike, map_location: str | torc
     """A FlexEControlModule Lightning checkpoint as a dict; ValueError (one line naming the file) for anything else."""
     path = Path(checkpoint_path)
     if not path.is_file():
-        what = "a directory (a DeepSpeed checkpoint? give a single-file .ckpt)" if path.is_dir() else "no such file"
+        what = ("a directory (a DeepSpeed checkpoint? make it one file with lightning.pytorch.utilities.deepspeed."
+                "convert_zero_checkpoint_to_fp32_state_dict(DIR, FILE))" if path.is_dir() else "no such file")
         raise ValueError(f"{path}: {what}")
     try:
         # weights_only=False: Lightning checkpoints carry hyper-parameters and loop state beside the tensors
