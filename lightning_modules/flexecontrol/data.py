@@ -128,6 +128,7 @@ class ControlData(ShardDataModule):
         if max_regions < 1:
             problems.append(("max_regions", f"must be >= 1, got {max_regions}"))
         raise_param_problems(problems)
+        self.save_hyperparameters()  # in every checkpoint: an export records the resolution the model was trained at
         self.condition_channels, self.resolution, self.max_inputs_per_type = channels, resolution, max_inputs_per_type
         self.split_types, self.split_probability = split_types, split_probability
         self.token_regions, self.max_regions = token_regions, max_regions

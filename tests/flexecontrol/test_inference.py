@@ -279,3 +279,21 @@ def test_directories_that_are_not_usable_exports_are_one_line_errors(base, tmp_p
     metadata_path.write_text(json.dumps(metadata))
     (tmp_path / "export" / "control" / "diffusion_pytorch_model.safetensors").write_bytes(b"truncated")
     assert "cannot load control/ as FlexEControlBranch" in one_line_error(inference.load_export, tmp_path / "export")
+
+
+def test_a_checkpoint_fitted_on_control_shards_exports_its_resolution(base, tmp_path):
+    from datamodules.writers.common import ShardOptions
+    from lightning_modules.flexecontrol.data import ControlData
+    from lightning_modules.flexecontrol.shards import write_synthetic_control_shards
+
+    write_synthetic_control_shards(tmp_path / "shards", num=4, size=SIZE, options=ShardOptions(seed=0))
+    data = ControlData(train=str(tmp_path / "shards"), condition_channels=TYPES, resolution=SIZE, batch_size=2,
+                       num_workers=0, verify="size")
+    module = FlexEControlModule(base={"pretrained": str(base), "vae": None}, condition_channels=TYPES,
+                                kronecker_rank=2)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    out = inference.export_checkpoint(tmp_path / "last.ckpt", tmp_path / "export")
+    assert json.loads((out / "worldbridge_export.json").read_text())["resolution"] == SIZE
