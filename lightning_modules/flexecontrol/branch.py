@@ -26,6 +26,7 @@ from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedd
 from torch import nn
 
 from datamodules.errors import raise_param_problems
+from lightning_modules.flexecontrol.conditions import check_condition_inputs
 from lightning_modules.flexecontrol.kronecker import (SharedKroneckerFactors, add_kronecker_updates, alpha_problems,
                                                       kronecker_layer_names, load_plain_state_dict,
                                                       merge_kronecker_updates, positive_int_problems)
@@ -165,7 +166,9 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
         """The fused condition features [B, block_out_channels[0], h, w] for a noisy `sample` [B, C, h, w]:
         per sample, the sum over its present inputs of strength * encoder(map); zero where nothing is present."""
         batch, height, width = sample.shape[0], sample.shape[-2], sample.shape[-1]
-        self.check_conditions(conditions, present, strengths, batch, (height, width))
+        scale = self.config.condition_scale
+        check_condition_inputs(conditions, present, strengths, self.config.condition_channels, batch=batch,
+                               size=(height * scale, width * scale), owner="branch")
         fused = sample.new_zeros(batch, self.embedding_channels, height, width)
         for name, maps in conditions.items():
             rows, inputs = present[name].nonzero(as_tuple=True)
@@ -176,40 +179,6 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
             strength = 1.0 if strengths is None else float(strengths.get(name, 1.0))
             fused = fused.index_add(0, rows, features.to(fused.dtype), alpha=strength)
         return fused
-
-    def check_conditions(self, conditions, present, strengths, batch: int, size: tuple[int, int]) -> None:
-        """ValueError (one line) for condition inputs this branch cannot take."""
-        if not isinstance(conditions, Mapping) or not isinstance(present, Mapping):
-            raise TypeError("conditions and present must be dicts keyed by condition type")
-        known = ", ".join(self.condition_types)
-        unknown = [name for name in [*conditions, *(strengths or {})] if name not in self.condition_encoders]
-        if unknown:
-            raise ValueError(f"unknown condition type(s) {', '.join(map(repr, dict.fromkeys(unknown)))}: this branch "
-                             f"has {known}")
-        if set(present) != set(conditions):
-            raise ValueError(f"present must have one mask per type in conditions: conditions has "
-                             f"{sorted(conditions)}, present has {sorted(present)}")
-        expected_size = (size[0] * self.config.condition_scale, size[1] * self.config.condition_scale)
-        for name, maps in conditions.items():
-            channels = self.config.condition_channels[name]
-            if not isinstance(maps, torch.Tensor) or maps.ndim != 5:
-                shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
-                raise ValueError(f"conditions[{name!r}]: expected a tensor [B, K, C, H, W], got {shape}")
-            if maps.shape[0] != batch:
-                raise ValueError(f"conditions[{name!r}]: expected batch size {batch} (the sample's), "
-                                 f"got {maps.shape[0]}")
-            if maps.shape[2] != channels:
-                raise ValueError(f"conditions[{name!r}]: expected {channels} channel(s), got {maps.shape[2]}")
-            if tuple(maps.shape[3:]) != expected_size:
-                raise ValueError(f"conditions[{name!r}]: expected maps of size {expected_size[0]}x{expected_size[1]} "
-                                 f"(branch input x condition_scale {self.config.condition_scale}), got "
-                                 f"{maps.shape[3]}x{maps.shape[4]}")
-            mask = present[name]
-            is_mask = isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
-            if not is_mask or tuple(mask.shape) != tuple(maps.shape[:2]):
-                got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
-                raise ValueError(f"present[{name!r}]: expected a bool tensor of shape {tuple(maps.shape[:2])} "
-                                 f"(batch, inputs), got {got}")
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, encoder_hidden_states: torch.Tensor,
                 conditions: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor],

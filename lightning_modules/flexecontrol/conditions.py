@@ -2,13 +2,15 @@
 slots of that type, zeros where empty) and `present` [B, K] (which slots hold an input). Samples of one batch may carry
 different condition sets and several inputs of one type; a type with no input anywhere is simply absent.
 
-Also here: condition dropout for classifier-free guidance over conditions (DESIGN.md "FlexEControl"), the union
+`check_condition_inputs` is what every variant refuses alike (unknown types, shapes, channels, sizes, masks). Also
+here: condition dropout for classifier-free guidance over conditions (DESIGN.md "FlexEControl"), the union
 region of the present maps (weights of the masked diffusion loss), and the same-type augmentation that splits one map
 into region-disjoint maps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,52 @@ from datamodules.errors import raise_param_problems
 
 Maps = dict[str, torch.Tensor]      # type -> [B, K, C, H, W]
 Present = dict[str, torch.Tensor]   # type -> bool [B, K]
+
+
+def check_condition_inputs(conditions: Mapping[str, torch.Tensor], present: Mapping[str, torch.Tensor],
+                           strengths: Mapping[str, float] | None, condition_channels: Mapping[str, int], *,
+                           batch: int, size: tuple[int, int], owner: str) -> None:
+    """One ValueError line naming every problem of condition inputs for a control model (`owner`, e.g. "branch")
+    built for `condition_channels`, given a sample batch of `batch` and maps of `size` (H, W): types it does not
+    have, masks missing or extra, maps that are not [batch, K, C, H, W] of their type's channels and this size,
+    masks that are not bool [batch, K]. Types absent from `conditions` are absent: not a problem."""
+    if not isinstance(conditions, Mapping) or not isinstance(present, Mapping):
+        raise TypeError("conditions and present must be dicts keyed by condition type")
+    problems = []
+    known = ", ".join(condition_channels)
+    for argument, given in (("conditions", conditions), ("present", present), ("strengths", strengths or {})):
+        problems += [f"{argument}: unknown condition type {name!r} (this {owner} has {known})"
+                     for name in given if name not in condition_channels]
+    problems += [f"present[{name!r}]: missing (every type in conditions needs its present mask)"
+                 for name in conditions if name not in present]
+    problems += [f"present[{name!r}]: given without conditions[{name!r}]" for name in present if name not in conditions]
+    height, width = size
+    for name, maps in conditions.items():
+        if name not in condition_channels:
+            continue
+        if not isinstance(maps, torch.Tensor) or maps.dim() != 5:
+            shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+            problems.append(f"conditions[{name!r}]: expected a tensor [B, K, C, H, W], got {shape}")
+            continue
+        if maps.shape[0] != batch:
+            problems.append(f"conditions[{name!r}]: expected batch {batch} (the sample's), got {maps.shape[0]}")
+        if maps.shape[2] != condition_channels[name]:
+            problems.append(f"conditions[{name!r}]: expected {condition_channels[name]} channel(s), got "
+                            f"{maps.shape[2]}")
+        if tuple(maps.shape[-2:]) != (height, width):
+            problems.append(f"conditions[{name!r}]: expected maps of size {height}x{width} (the sample's size times "
+                            f"the condition scale), got {maps.shape[-2]}x{maps.shape[-1]}")
+        mask = present.get(name)
+        if mask is None:
+            continue
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            problems.append(f"present[{name!r}]: expected a bool tensor, got {got}")
+        elif tuple(mask.shape) != tuple(maps.shape[:2]):
+            problems.append(f"present[{name!r}]: expected shape {tuple(maps.shape[:2])} (batch, inputs of "
+                            f"conditions[{name!r}]), got {tuple(mask.shape)}")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)

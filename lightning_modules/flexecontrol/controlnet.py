@@ -13,7 +13,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from datamodules.errors import raise_param_problems
-from lightning_modules.flexecontrol.conditions import Maps, Present
+from lightning_modules.flexecontrol.conditions import Maps, Present, check_condition_inputs
 
 # diffusers' condition embedding: 16 channels, then one stride-2 conv per further width
 EMBEDDING_WIDTHS = (16, 32, 96, 256)
@@ -38,25 +38,21 @@ class ControlNetBaseline(nn.Module):
             unet, conditioning_channels=channels,
             conditioning_embedding_out_channels=embedding_widths(condition_scale))
 
-    def combined_map(self, conditions: Maps, present: Present, like: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def combined_map(self, conditions: Maps, present: Present, like: torch.Tensor, size: tuple[int, int],
+                     strengths: dict[str, float] | None = None) -> torch.Tensor:
         """[B, C, H, W]: the max over the present inputs of the one type (zeros when a sample has none)."""
-        unknown = sorted(set(conditions) - {self.condition_type})
-        if unknown:
-            raise ValueError(f"condition type(s) {', '.join(unknown)} unknown to this ControlNet, built for "
-                             f"{self.condition_type} only")
+        check_condition_inputs(conditions, present, strengths, {self.condition_type: self.channels},
+                               batch=like.shape[0], size=size, owner="ControlNet")
         if self.condition_type not in conditions:
             return like.new_zeros(like.shape[0], self.channels, *size)
-        maps, mask = conditions[self.condition_type], present[self.condition_type].bool()
-        if maps.dim() != 5 or maps.shape[2] != self.channels or tuple(maps.shape[-2:]) != tuple(size):
-            raise ValueError(f"{self.condition_type} maps must be [B, K, {self.channels}, {size[0]}, {size[1]}], got "
-                             f"{list(maps.shape)}")
+        maps, mask = conditions[self.condition_type], present[self.condition_type]
         masked = maps * mask[:, :, None, None, None].to(maps.dtype)
         return masked.amax(dim=1)
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 conditions: Maps, present: Present, strengths: dict[str, float] | None = None):
         image_size = (sample.shape[-2] * self.condition_scale, sample.shape[-1] * self.condition_scale)
-        cond = self.combined_map(conditions, present, sample, image_size).to(sample.dtype)
+        cond = self.combined_map(conditions, present, sample, image_size, strengths).to(sample.dtype)
         scale = float((strengths or {}).get(self.condition_type, 1.0))
         down, mid = self.controlnet(sample, timestep, encoder_hidden_states, controlnet_cond=cond,
                                     conditioning_scale=scale, return_dict=False)

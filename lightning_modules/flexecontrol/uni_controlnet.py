@@ -34,6 +34,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
 from datamodules.errors import raise_param_problems
+from lightning_modules.flexecontrol.conditions import check_condition_inputs
 
 # The official injection widths at SD-1.x's block widths; other UNets get them scaled by their own widths per level.
 SD_BLOCK_OUT_CHANNELS = (320, 640, 1280, 1280)
@@ -142,43 +143,12 @@ def stack_conditions(conditions: Mapping[str, torch.Tensor], present: Mapping[st
     Why max: a slot holds one map, and the maps Uni-ControlNet takes (edges, sketches, segmentation regions, pose
     skeletons) mark where something is; the max of several such maps is their union (every edge or region of each
     input kept, in the map's own range), where a sum would leave the range where they overlap and a mean would dim
-    every input by 1/K. Raises ValueError (one line, every problem) on unknown types, shapes, channels or sizes.
+    every input by 1/K. Raises ValueError (one line, every problem: conditions.check_condition_inputs) on unknown
+    types, shapes, channels or sizes.
     """
-    problems = []
-    known = ", ".join(condition_channels)
-    for argument, given in (("conditions", conditions), ("present", present), ("strengths", strengths or {})):
-        for name in given:
-            if name not in condition_channels:
-                problems.append(f"{argument}: unknown condition type {name!r} (this adapter has {known})")
-    for name in conditions.keys() - present.keys():
-        problems.append(f"present[{name!r}]: missing (every type in conditions needs its present mask)")
-    for name in present.keys() - conditions.keys():
-        problems.append(f"present[{name!r}]: given without conditions[{name!r}]")
+    check_condition_inputs(conditions, present, strengths, condition_channels, batch=batch_size, size=image_size,
+                           owner="adapter")
     height, width = image_size
-    for name, maps in conditions.items():
-        if name not in condition_channels:
-            continue
-        if maps.dim() != 5:
-            problems.append(f"conditions[{name!r}]: expected shape [B, K, C, H, W], got {tuple(maps.shape)}")
-            continue
-        if maps.shape[0] != batch_size:
-            problems.append(f"conditions[{name!r}]: expected batch {batch_size} (the sample's), got {maps.shape[0]}")
-        if maps.shape[2] != condition_channels[name]:
-            problems.append(f"conditions[{name!r}]: expected {condition_channels[name]} channels, "
-                            f"got {maps.shape[2]}")
-        if tuple(maps.shape[-2:]) != (height, width):
-            problems.append(f"conditions[{name!r}]: expected size {height}x{width}, "
-                            f"got {maps.shape[-2]}x{maps.shape[-1]}")
-        mask = present.get(name)
-        if mask is not None:
-            if mask.dtype != torch.bool:
-                problems.append(f"present[{name!r}]: expected a bool tensor, got {mask.dtype}")
-            if tuple(mask.shape) != tuple(maps.shape[:2]):
-                problems.append(f"present[{name!r}]: expected shape {tuple(maps.shape[:2])} (batch, inputs of "
-                                f"conditions[{name!r}]), got {tuple(mask.shape)}")
-    if problems:
-        raise ValueError("; ".join(problems))
-
     slots = []
     for name, channels in condition_channels.items():
         maps = conditions.get(name)

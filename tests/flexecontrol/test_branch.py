@@ -248,18 +248,18 @@ def test_condition_scale_two_takes_maps_twice_the_branch_input(unet):
 
 @pytest.mark.parametrize("conditions, present, strengths, message", [
     ({"pose": maps(2, 1)}, {"pose": torch.ones(2, 1, dtype=torch.bool)}, None,
-     r"unknown condition type\(s\) 'pose': this branch has canny, depth, seg"),
+     r"conditions: unknown condition type 'pose' \(this branch has canny, depth, seg\)"),
     ({"canny": maps(2, 1)}, {"canny": torch.ones(2, 1, dtype=torch.bool)}, {"hed": 1.0},
-     r"unknown condition type\(s\) 'hed'"),
+     r"strengths: unknown condition type 'hed'"),
     ({"canny": maps(2, 1, channels=3)}, {"canny": torch.ones(2, 1, dtype=torch.bool)}, None,
      r"conditions\['canny'\]: expected 1 channel\(s\), got 3"),
     ({"depth": maps(2, 1, size=4)}, {"depth": torch.ones(2, 1, dtype=torch.bool)}, None,
      r"conditions\['depth'\]: expected maps of size 8x8 .*got 4x4"),
     ({"canny": maps(2, 2)}, {"canny": torch.ones(2, 1, dtype=torch.bool)}, None,
-     r"present\['canny'\]: expected a bool tensor of shape \(2, 2\).*got torch.bool \(2, 1\)"),
+     r"present\['canny'\]: expected shape \(2, 2\) .*got \(2, 1\)"),
     ({"canny": maps(2, 1)}, {"canny": torch.ones(2, 1)}, None, r"present\['canny'\]: expected a bool tensor"),
-    ({"canny": maps(2, 1)}, {}, None, r"present must have one mask per type in conditions"),
-    ({"canny": maps(3, 1)}, {"canny": torch.ones(3, 1, dtype=torch.bool)}, None, r"expected batch size 2"),
+    ({"canny": maps(2, 1)}, {}, None, r"present\['canny'\]: missing"),
+    ({"canny": maps(3, 1)}, {"canny": torch.ones(3, 1, dtype=torch.bool)}, None, r"expected batch 2 \(the sample's\), got 3"),
     ({"canny": maps(2, 1)[:, 0]}, {"canny": torch.ones(2, 1, dtype=torch.bool)}, None,
      r"expected a tensor \[B, K, C, H, W\], got \(2, 1, 8, 8\)"),
 ])

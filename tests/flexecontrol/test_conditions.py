@@ -66,3 +66,27 @@ def test_split_into_regions_gives_disjoint_parts_that_make_the_whole():
     assert len(split_into_regions(np.zeros((4, 4)), np.zeros((4, 4)), 3)) == 1
     with pytest.raises(ValueError):
         split_into_regions(image, image, max_parts=0)
+
+
+def test_condition_inputs_are_checked_alike_for_every_variant_and_all_at_once():
+    from lightning_modules.flexecontrol.conditions import check_condition_inputs
+
+    channels = {"canny": 1, "depth": 1}
+    good = {"canny": torch.zeros(2, 1, 1, 8, 8)}, {"canny": torch.ones(2, 1, dtype=torch.bool)}
+    check_condition_inputs(*good, None, channels, batch=2, size=(8, 8), owner="branch")
+    check_condition_inputs({}, {}, None, channels, batch=2, size=(8, 8), owner="branch")  # no condition at all
+    with pytest.raises(ValueError) as e:
+        check_condition_inputs({"canny": torch.zeros(3, 1, 3, 4, 4), "pose": torch.zeros(2, 1, 1, 8, 8)},
+                               {"canny": torch.ones(3, 1)}, {"hed": 1.0}, channels, batch=2, size=(8, 8),
+                               owner="adapter")
+    problems = str(e.value).split("; ")
+    assert problems == [
+        "conditions: unknown condition type 'pose' (this adapter has canny, depth)",
+        "strengths: unknown condition type 'hed' (this adapter has canny, depth)",
+        "present['pose']: missing (every type in conditions needs its present mask)",
+        "conditions['canny']: expected batch 2 (the sample's), got 3",
+        "conditions['canny']: expected 1 channel(s), got 3",
+        "conditions['canny']: expected maps of size 8x8 (the sample's size times the condition scale), got 4x4",
+        "present['canny']: expected a bool tensor, got torch.float32"]
+    with pytest.raises(TypeError):
+        check_condition_inputs([], {}, None, channels, batch=2, size=(8, 8), owner="branch")

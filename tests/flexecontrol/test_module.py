@@ -151,3 +151,11 @@ def test_every_trainable_parameter_gets_a_gradient_when_a_type_is_absent(base):
     assert missing == []
     seg = [p.grad for p in m.control.condition_encoders["seg"].parameters()]
     assert all(float(g.abs().sum()) == 0.0 for g in seg)
+
+
+def test_the_controlnet_variant_refuses_a_type_it_was_not_built_for(base):
+    m = module(base, "controlnet", {"canny": 1})
+    b = batch({"canny": 1, "seg": 1})
+    maps, present = m.condition_inputs(b)
+    with pytest.raises(ValueError, match=r"conditions: unknown condition type 'seg' \(this ControlNet has canny\)"):
+        m.predict_noise(torch.randn(2, 3, SIZE, SIZE), torch.tensor([1, 2]), torch.randn(2, 8, 32), maps, present)
