@@ -106,6 +106,17 @@ def parse_names(names: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(name.strip() for name in items if name.strip()))
 
 
+def known_names(names: str | Sequence[str], known: Sequence[str], arg: str, what: str) -> list[str]:
+    """parse_names, refusing none and any not in `known` (a UsageError naming `arg`, with did-you-mean)."""
+    asked = parse_names(names)
+    if not asked:
+        raise UsageError(f"{arg}: name at least one of {', '.join(known)}")
+    for name in asked:
+        if name not in known:
+            raise UsageError(f"{arg}: unknown {what} {name!r}{did_you_mean(name, known)} ({', '.join(known)})")
+    return asked
+
+
 # --------------------------------------------------------------------------------------------- control-images
 IMAGE_CONDITIONS = ("canny", "sketch", "depth", "seg")
 # The sketch's blur scale: sigma = max(1, shorter side / SKETCH_SIGMA_DIVISOR), so lines keep their look across sizes.
@@ -297,13 +308,7 @@ def write_control_image_shards(out: Path, *, rows_file: Path, conditions: str | 
     condition maps `conditions` (of IMAGE_CONDITIONS) extracted from it; depth and seg run the models in
     `depth_model` / `seg_model` (local directories) in batches of `model_batch_size`. Returns the index."""
     out, rows_file = Path(out), Path(rows_file)
-    wanted = parse_names(conditions)
-    if not wanted:
-        raise UsageError(f"--conditions: name at least one of {', '.join(IMAGE_CONDITIONS)}")
-    for name in wanted:
-        if name not in IMAGE_CONDITIONS:
-            raise UsageError(f"--conditions: unknown condition type {name!r}{did_you_mean(name, IMAGE_CONDITIONS)} "
-                             f"(types: {', '.join(IMAGE_CONDITIONS)})")
+    wanted = known_names(conditions, IMAGE_CONDITIONS, "--conditions", "condition type")
     depth_dir = check_model_dir(depth_model, "depth", "depth-estimation", "--depth-model", wanted)
     seg_dir = check_model_dir(seg_model, "seg", "image-segmentation", "--seg-model", wanted)
     check_size(size)
@@ -409,13 +414,8 @@ def multigen_tasks(root: Path, tasks: str | Sequence[str] | None) -> list[str]:
         if not present:
             raise multigen_layout_error(root, "json_files/ has no task file")
         return present
-    asked = parse_names(tasks)
-    if not asked:
-        raise UsageError(f"--tasks: name at least one of {', '.join(MULTIGEN_TASKS)}")
+    asked = known_names(tasks, MULTIGEN_TASKS, "--tasks", "MultiGen-20M task")
     for task in asked:
-        if task not in MULTIGEN_TASKS:
-            raise UsageError(f"--tasks: unknown MultiGen-20M task {task!r}{did_you_mean(task, MULTIGEN_TASKS)} "
-                             f"(tasks: {', '.join(MULTIGEN_TASKS)})")
         if task not in present:
             raise UsageError(f"--tasks {task}: {root / 'json_files' / MULTIGEN_JSON.format(task=task)} is missing")
     return asked
