@@ -30,6 +30,8 @@ from lightning_modules.diffusion.tiny import DEMO_UNET, write_tiny_text_to_image
 log = logging.getLogger("worldbridge.diffusion")
 CACHE_FORMAT = 1  # bump when what an entry holds, or how it is trained, changes
 REPORT = "pretraining.json"
+# what an entry is trained with unless a call says otherwise; every one is part of the cache key
+DEFAULTS = {"image_size": 32, "num_train": 2000, "max_steps": 600, "batch_size": 32, "lr": 2e-3, "seed": 0}
 
 
 def settings_of(*, image_size: int, num_train: int, max_steps: int, batch_size: int, lr: float,
@@ -44,8 +46,6 @@ def tiny_text_to_image_path(cache_dir: str | Path, **settings: Any) -> Path:
     full = settings_of(**{**DEFAULTS, **settings})
     return Path(cache_dir) / ("tiny-t2i-" + hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16])
 
-
-DEFAULTS = {"image_size": 32, "num_train": 2000, "max_steps": 600, "batch_size": 32, "lr": 2e-3, "seed": 0}
 
 
 def pretrain(entry: Path, work: Path, settings: dict[str, Any], threads: int | None) -> dict[str, Any]:
