@@ -3,7 +3,8 @@
 - components.py: the parts of an SD-1.x-family model (UNet, VAE or pixel space, CLIP text encoder + tokenizer, noise
   scheduler) from a hub id, a local diffusers directory or configs; their problems found before loading; saving in
   diffusers' layout; freezing.
-- latents.py: images to latents and back, prompts to text embeddings (frozen, without gradients).
+- latents.py: images (and videos, frame by frame) to latents and back, prompts to text embeddings (frozen, without
+  gradients).
 - objective.py: timesteps, noising, the epsilon / v / sample target, the (masked, min-SNR-weighted) MSE, prompt and
   condition dropout for classifier-free guidance.
 - attention.py: recording cross-attention probabilities of chosen tokens, with gradients, at chosen layers.
@@ -27,7 +28,8 @@ from lightning_modules.diffusion.components import (
                                                    load_diffusion_parts,
                                                    save_diffusion_parts,
 )
-from lightning_modules.diffusion.latents import decode_latents, encode_images, encode_prompts, latent_scale_factor
+from lightning_modules.diffusion.latents import (decode_latents, decode_videos, encode_images, encode_prompts,
+                                                 encode_videos, latent_scale_factor)
 from lightning_modules.diffusion.objective import (
                                                    diffusion_loss,
                                                    drop_prompts,
@@ -43,9 +45,9 @@ from lightning_modules.diffusion.tiny import write_tiny_text_to_image
 
 __all__ = [
     "FROM_PRETRAINED", "AttentionStore", "CrossAttentionRecorder", "DiffusionParts", "cross_attention_layers",
-    "decode_latents", "denoise", "diffusion_loss", "diffusion_parts_problems", "drop_prompts", "dropout_mask",
-    "encode_images", "encode_prompts", "freeze", "guided", "is_frozen", "latent_scale_factor", "load_diffusion_parts",
-    "min_snr_weights", "noisy_latents", "phrase_token_indices", "record_cross_attention", "sample_timesteps",
-    "save_diffusion_parts", "scheduler_class", "scheduler_from_name", "snr", "training_target",
-    "write_tiny_text_to_image",
+    "decode_latents", "decode_videos", "denoise", "diffusion_loss", "diffusion_parts_problems", "drop_prompts",
+    "dropout_mask", "encode_images", "encode_prompts", "encode_videos", "freeze", "guided", "is_frozen",
+    "latent_scale_factor", "load_diffusion_parts", "min_snr_weights", "noisy_latents", "phrase_token_indices",
+    "record_cross_attention", "sample_timesteps", "save_diffusion_parts", "scheduler_class", "scheduler_from_name",
+    "snr", "training_target", "write_tiny_text_to_image",
 ]

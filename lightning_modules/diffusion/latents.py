@@ -40,6 +40,32 @@ def decode_latents(vae: nn.Module | None, latents: torch.Tensor) -> torch.Tensor
     return vae.decode((latents / scale + shift).to(vae.dtype)).sample
 
 
+def _per_frame_chunks(videos: torch.Tensor, chunk: int, convert) -> torch.Tensor:
+    """`convert` applied to a video batch's frames, `chunk` frames at a time: [B, F, ...] -> [B, F, ...']."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1 frames, got {chunk}")
+    frames = videos.flatten(0, 1)
+    out = torch.cat([convert(part) for part in frames.split(chunk)])
+    return out.unflatten(0, videos.shape[:2])
+
+
+def encode_videos(vae: nn.Module | None, videos: torch.Tensor, generator: torch.Generator | None = None,
+                  dtype: torch.dtype | None = None, chunk: int = 16) -> torch.Tensor:
+    """Latents [B, C, F, h, w] (diffusers' video UNet layout) of videos [B, F, 3, H, W] in [-1, 1]: each frame through
+    `encode_images`, `chunk` frames per VAE call so that a long clip's encoder activations fit in memory."""
+    if videos.ndim != 5:
+        raise ValueError(f"videos must be [B, F, C, H, W], got {tuple(videos.shape)}")
+    latents = _per_frame_chunks(videos, chunk, lambda part: encode_images(vae, part, generator, dtype))
+    return latents.transpose(1, 2)
+
+
+def decode_videos(vae: nn.Module | None, latents: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """Videos [B, F, 3, H, W] in (about) [-1, 1] from latents [B, C, F, h, w]: the inverse of `encode_videos`."""
+    if latents.ndim != 5:
+        raise ValueError(f"latents must be [B, C, F, h, w], got {tuple(latents.shape)}")
+    return _per_frame_chunks(latents.transpose(1, 2), chunk, lambda part: decode_latents(vae, part))
+
+
 def latent_scale_factor(vae: nn.Module | None) -> int:
     """Image pixels per latent pixel along a side: 8 for SD's VAE (each block after the first halves), 1 without."""
     if vae is None:

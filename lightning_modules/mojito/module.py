@@ -1,0 +1,301 @@
+"""Mojito (arXiv 2412.08948): text-to-video diffusion with a trained motion-intensity input and training-free
+direction control, on the diffusion core (lightning_modules/diffusion).
+
+The video UNet (backbone.py) denoises latents [B, C, F, h, w]: the VAE encodes each frame (in chunks, frozen, without
+gradients; pixel space without a VAE), the CLIP text encoder is frozen. What trains is `trainable`: the intensity
+modulator (intensity.py), the motion modules, LoRA adapters, or the whole UNet; everything else is frozen and a
+checkpoint holds only what trains (lightning_modules/learned_weights.py). A clip's intensity level comes with the
+batch (data.py); with probability `intensity_dropout` it is dropped to NONE, as the prompt is to "" with
+`prompt_dropout`, so that sampling can guide over both. Randomness of a step (timesteps, noise, dropout) comes from a
+generator seeded by (seed, step, rank): a resumed run draws what the uninterrupted one did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any
+
+import lightning as L
+import torch
+
+from datamodules.errors import ParamError, raise_param_problems
+from datamodules.param_types import KwargsOf
+from datamodules.transforms import sample_generator
+from lightning_modules.diffusion import (decode_videos, denoise, diffusion_loss, diffusion_parts_problems, drop_prompts,
+                                         dropout_mask, encode_prompts, encode_videos, freeze, latent_scale_factor,
+                                         load_diffusion_parts, noisy_latents, sample_timesteps, scheduler_from_name,
+                                         training_target)
+from lightning_modules.diffusion.sampling import scheduler_class_problem
+from lightning_modules.learned_weights import LearnedWeightsOnly
+from lightning_modules.mojito.backbone import (DEFAULT_LORA_TARGETS, add_lora, lora_parameter_names,
+                                               motion_adapter_problem, temporal_parameter_names, trainable_set_problems,
+                                               video_unet, video_unet_forward)
+from lightning_modules.mojito.intensity import NONE, IntensityEmbedding, add_time_condition, intensity_guided
+
+StepHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
+
+
+@dataclass
+class LoraSettings:
+    """peft LoRA on the UNet's attention projections whose names end with one of `target_modules`."""
+
+    rank: int = 8
+    alpha: float = 8.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+
+    def problems(self) -> list[tuple[str, str]]:
+        problems = [("rank", f"must be >= 1, got {self.rank}")] if self.rank < 1 else []
+        if self.alpha <= 0:
+            problems.append(("alpha", f"must be > 0, got {self.alpha}"))
+        if not self.target_modules:
+            problems.append(("target_modules", "name at least one module suffix, e.g. to_q"))
+        return problems
+
+
+@dataclass
+class SamplingSettings:
+    """What generation uses when a caller does not say: denoising steps, the prompt's and the intensity's guidance
+    scales, the scheduler (None: the training one's class), frames, and the side in pixels (None: the UNet's
+    sample_size times the VAE's factor)."""
+
+    steps: int = 25
+    guidance: float = 7.5
+    intensity_guidance: float = 2.0
+    scheduler: str | None = None
+    frames: int = 16
+    resolution: int | None = None
+    negative_prompt: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        problems = [(name, f"must be >= {low}, got {value}") for name, value, low in
+                    (("steps", self.steps, 1), ("frames", self.frames, 2)) if value < low]
+        problems += [(name, f"must be >= 0, got {value}") for name, value in
+                     (("guidance", self.guidance), ("intensity_guidance", self.intensity_guidance)) if value < 0]
+        if self.resolution is not None and self.resolution < 8:
+            problems.append(("resolution", f"must be >= 8 or null, got {self.resolution}"))
+        if self.scheduler is not None:
+            problem = scheduler_class_problem(self.scheduler)
+            if problem:
+                problems.append(("scheduler", problem))
+        return problems
+
+
+def _settings(cls: type, values: dict[str, Any] | None, key: str, problems: list[tuple[str, str]]) -> Any:
+    try:
+        settings = cls(**(values or {}))
+    except TypeError as e:
+        problems.append((key, str(e)))
+        return cls()
+    problems += [(f"{key}.{name}", message) for name, message in settings.problems()]
+    return settings
+
+
+class MojitoModule(LearnedWeightsOnly, L.LightningModule):
+    def __init__(self, base: Annotated[dict[str, Any], KwargsOf(load_diffusion_parts)],
+                 motion_adapter: str | dict[str, Any] | None = None, trainable: list[str] | None = None,
+                 intensity_dim: int | None = 256, lora: Annotated[dict[str, Any], KwargsOf(LoraSettings)] | None = None,
+                 intensity_dropout: float = 0.1, prompt_dropout: float = 0.1, lr: float = 1e-4,
+                 weight_decay: float = 1e-2, warmup_steps: int = 0, snr_gamma: float | None = None,
+                 gradient_checkpointing: bool = True, vae_chunk: int = 16,
+                 sampling: Annotated[dict[str, Any], KwargsOf(SamplingSettings)] | None = None, seed: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        trainable = list(trainable if trainable is not None else ["intensity"])
+        problems = trainable_set_problems(trainable, base.get("unet_class"), lora, intensity_dim)
+        problems += self.argument_problems(intensity_dim, intensity_dropout, prompt_dropout, lr, warmup_steps,
+                                           snr_gamma, vae_chunk)
+        if motion_adapter is not None:
+            problem = motion_adapter_problem(motion_adapter)
+            if problem:
+                problems.append(("motion_adapter", problem))
+        self.lora_settings = _settings(LoraSettings, lora, "lora", problems) if lora else None
+        self.sampling = _settings(SamplingSettings, sampling, "sampling", problems)
+        raise_param_problems(problems)
+        parts = load_diffusion_parts(**base)
+        try:
+            self.unet = video_unet(parts.unet, motion_adapter)
+        except ValueError as e:
+            raise ParamError([("motion_adapter", str(e))]) from None
+        self.vae, self.text_encoder = parts.vae, freeze(parts.text_encoder)
+        if self.vae is not None:
+            freeze(self.vae)
+        self.tokenizer, self.noise_scheduler = parts.tokenizer, parts.scheduler
+        self.intensity = None
+        if intensity_dim is not None:
+            add_time_condition(self.unet, intensity_dim)
+            self.intensity = IntensityEmbedding(intensity_dim)
+        if self.lora_settings is not None:
+            add_lora(self.unet, self.lora_settings.rank, self.lora_settings.alpha, self.lora_settings.target_modules)
+        self.trainable_sets = trainable
+        self.choose_trainable(trainable)
+        if gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+    @staticmethod
+    def argument_problems(intensity_dim: int | None, intensity_dropout: float, prompt_dropout: float, lr: float,
+                          warmup_steps: int, snr_gamma: float | None, vae_chunk: int) -> list[tuple[str, str]]:
+        problems = []
+        if intensity_dim is not None and intensity_dim < 1:
+            problems.append(("intensity_dim", f"must be >= 1 or null (no intensity input), got {intensity_dim}"))
+        problems += [(name, f"must be in [0, 1], got {p}") for name, p in
+                     (("intensity_dropout", intensity_dropout), ("prompt_dropout", prompt_dropout)) if not 0 <= p <= 1]
+        if lr <= 0:
+            problems.append(("lr", f"must be > 0, got {lr}"))
+        if warmup_steps < 0:
+            problems.append(("warmup_steps", f"must be >= 0, got {warmup_steps}"))
+        if snr_gamma is not None and snr_gamma <= 0:
+            problems.append(("snr_gamma", f"must be > 0 or null, got {snr_gamma}"))
+        if vae_chunk < 1:
+            problems.append(("vae_chunk", f"must be >= 1 frames, got {vae_chunk}"))
+        return problems
+
+    @classmethod
+    def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+        """The base model's and the motion adapter's sources, before anything loads."""
+        base = params.get("base")
+        if not check_files or not isinstance(base, dict):
+            return []
+        problems = [(f"base.{name}", message) for name, message in diffusion_parts_problems(**base)]
+        adapter = params.get("motion_adapter")
+        if adapter is not None:
+            problem = motion_adapter_problem(adapter)
+            if problem:
+                problems.append(("motion_adapter", problem))
+        return problems
+
+    def choose_trainable(self, sets: Sequence[str]) -> None:
+        """Only the named sets train; the UNet follows the trainer's train / eval mode either way (a frozen UNet in
+        train mode is what the layers that train see around them)."""
+        names: set[str] = set()
+        if "unet" in sets:
+            names |= {name for name, _ in self.unet.named_parameters() if "lora_" not in name}
+        if "motion_modules" in sets:
+            names |= set(temporal_parameter_names(self.unet))
+        if "lora" in sets:
+            names |= set(lora_parameter_names(self.unet))
+        if "intensity" in sets:
+            names |= {name for name, _ in self.unet.named_parameters() if name.startswith("time_embedding.cond_proj.")}
+        for name, parameter in self.unet.named_parameters():
+            parameter.requires_grad_(name in names)
+        self.unet.train()  # from_pretrained leaves it in eval mode; the trainer's loops switch it from here
+        if self.intensity is not None:
+            self.intensity.requires_grad_("intensity" in sets)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    # -- training -----------------------------------------------------------------------------------------------------
+    def time_condition(self, levels: torch.Tensor) -> torch.Tensor | None:
+        """timestep_cond [B, intensity_dim] of the levels, or None when the model has no intensity input."""
+        if self.intensity is None:
+            return None
+        return self.intensity(levels.to(self.device, torch.int64)).to(self.unet.dtype)
+
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                levels: torch.Tensor) -> torch.Tensor:
+        return video_unet_forward(self.unet, latents, timesteps, context, self.time_condition(levels))
+
+    def step_generator(self, stage: str, index: int) -> torch.Generator:
+        return sample_generator(self.hparams.seed, index, f"{stage}/rank{self.global_rank}")
+
+    def loss(self, batch: dict[str, Any], generator: torch.Generator, train: bool) -> torch.Tensor:
+        hp = self.hparams
+        latents = encode_videos(self.vae, batch["video"].to(self.device), generator=generator, dtype=self.unet.dtype,
+                                chunk=hp.vae_chunk)
+        batch_size = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator).to(latents)
+        timesteps = sample_timesteps(self.noise_scheduler, batch_size, generator=generator).to(self.device)
+        captions = list(batch["caption"])
+        levels = torch.as_tensor(batch["level"], dtype=torch.int64)
+        if train:
+            captions = drop_prompts(captions, dropout_mask(batch_size, hp.prompt_dropout, generator))
+            levels = levels.masked_fill(dropout_mask(batch_size, hp.intensity_dropout, generator), NONE)
+        context = encode_prompts(self.text_encoder, self.tokenizer, captions).to(self.device)
+        prediction = self.predict(noisy_latents(self.noise_scheduler, latents, noise, timesteps), timesteps, context,
+                                  levels)
+        target = training_target(self.noise_scheduler, latents, noise, timesteps)
+        return diffusion_loss(prediction.float(), target.float(), snr_gamma=hp.snr_gamma,
+                              scheduler=self.noise_scheduler, timesteps=timesteps)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch, self.step_generator("train", self.global_step), train=True)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=len(batch["caption"]))
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss = self.loss(batch, self.step_generator("val", batch_idx), train=False)
+        self.log("val/loss", loss, sync_dist=True, batch_size=len(batch["caption"]))
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if not hp.warmup_steps:
+            return optimizer
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+
+    # -- sampling -----------------------------------------------------------------------------------------------------
+    def resolution(self) -> int:
+        """The side of generated frames in pixels."""
+        if self.sampling.resolution is not None:
+            return self.sampling.resolution
+        return int(self.unet.config.sample_size) * latent_scale_factor(self.vae)
+
+    def settings(self, **overrides: Any) -> SamplingSettings:
+        """The sampling settings with the given (non-None) values in place of the configured ones, checked."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        settings = SamplingSettings(**{**asdict(self.sampling), **given})
+        raise_param_problems(settings.problems())
+        return settings
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], *, levels: Sequence[int | None] | None = None,
+                 generator: torch.Generator | None = None, step_hook: StepHook | None = None,
+                 **overrides: Any) -> torch.Tensor:
+        """Videos [B, F, 3, H, W] in [-1, 1] for `prompts`, each at its intensity level (None: no intensity).
+        Guidance over the prompt (`guidance`) and, where a level is asked for, over the intensity
+        (`intensity_guidance`, intensity.py). `step_hook(i, t, latents)` runs before each denoising step and may
+        return new latents (direction control). `overrides`: SamplingSettings fields for this call."""
+        settings = self.settings(**overrides)
+        batch = len(prompts)
+        levels = list(levels) if levels is not None else [None] * batch
+        if len(levels) != batch:
+            raise ValueError(f"{len(levels)} levels for {batch} prompts")
+        if any(level is not None for level in levels) and self.intensity is None:
+            raise ValueError("this model has no intensity input (intensity_dim: null); ask for no level")
+        requested = torch.tensor([NONE if level is None else level for level in levels], dtype=torch.int64)
+        name = settings.scheduler or type(self.noise_scheduler).__name__
+        schedule = scheduler_from_name(name, self.noise_scheduler.config)
+        text = encode_prompts(self.text_encoder, self.tokenizer, list(prompts)).to(self.device)
+        empty = encode_prompts(self.text_encoder, self.tokenizer, [settings.negative_prompt] * batch).to(self.device)
+        none = torch.full((batch,), NONE, dtype=torch.int64)
+        use_intensity = bool((requested != NONE).any()) and settings.intensity_guidance > 0
+        use_text = settings.guidance != 1
+        side = self.resolution() // latent_scale_factor(self.vae)
+        shape = (batch, self.unet.config.in_channels, settings.frames, side, side)
+        latents = torch.randn(shape, generator=generator).to(self.device, self.unet.dtype)
+
+        def model_fn(x: torch.Tensor, t: torch.Tensor, _: Any) -> torch.Tensor:
+            timesteps = t.expand(batch).to(self.device)
+            branches = [(empty, none)] if use_text else []
+            branches += [(text, none)] + ([(text, requested)] if use_intensity else [])
+            predictions = self.predict(torch.cat([x] * len(branches)), timesteps.repeat(len(branches)),
+                                       torch.cat([c for c, _ in branches]), torch.cat([lv for _, lv in branches]))
+            parts = list(predictions.chunk(len(branches)))
+            uncond = parts.pop(0) if use_text else None
+            with_text = parts[0]
+            with_level = parts[1] if use_intensity else with_text
+            if uncond is None:
+                return with_text + settings.intensity_guidance * (with_level - with_text)
+            return intensity_guided(uncond, with_text, with_level, settings.guidance,
+                                    settings.intensity_guidance if use_intensity else 0.0)
+
+        was_training = self.unet.training
+        self.unet.eval()
+        try:
+            latents = denoise(model_fn, schedule, latents, num_steps=settings.steps, guidance_scale=1.0, context=text,
+                              step_hook=step_hook, generator=generator)
+        finally:
+            self.unet.train(was_training)
+        return decode_videos(self.vae, latents, chunk=self.hparams.vae_chunk).clamp(-1, 1)
