@@ -1,10 +1,8 @@
 """A trained FlexEControl / Uni-ControlNet / ControlNet module for inference: rebuilt from its Lightning checkpoint,
 exported in diffusers' format next to the unchanged base model, and rebuilt from that export.
 
-- `load_for_inference(checkpoint)`: the checkpoint holds the module's hyper-parameters (among them `base`, where the
-  frozen text-to-image model comes from) and only the learned weights; the module is built from the former, the
-  latter are loaded strictly (every learned weight present, nothing else), so a wrong file is an error, never a
-  silently untrained model.
+- `load_for_inference(checkpoint)`: the module rebuilt from its checkpoint's hyper-parameters, its learned weights
+  loaded strictly (lightning_modules/checkpoint_loading.py).
 - `export(module, out_dir)`: the control model alone, saved with its class's `save_pretrained` under `out/control`
   (config.json + safetensors), and `worldbridge_export.json` naming the base (as the checkpoint names it: its weights
   are not copied), the variant, the condition types, the scheduler and the resolution. Per variant:
@@ -32,6 +30,8 @@ from diffusers import ControlNetModel
 
 from datamodules.errors import first_line
 from datamodules.files import atomic_write_text, new_directory_problem, write_directory
+from lightning_modules import checkpoint_loading as loading
+from lightning_modules.checkpoint_loading import BaseOverride, module_target, resolve_base
 from lightning_modules.diffusion import scheduler_from_name
 from lightning_modules.flexecontrol.branch import FlexEControlBranch
 from lightning_modules.flexecontrol.controlnet import ControlNetBaseline
@@ -44,96 +44,22 @@ EXPORT_FORMAT = 1
 # the diffusers-style class each variant's control is saved as (and loaded with)
 CONTROL_CLASSES: dict[str, type] = {"flexecontrol": FlexEControlBranch, "uni_controlnet": UniControlNetAdapter,
                                     "controlnet": ControlNetModel}
-MODULE_TARGET = f"{FlexEControlModule.__module__}.{FlexEControlModule.__qualname__}"
+MODULE_TARGET = module_target(FlexEControlModule)
 
 
-# -- checkpoints -------------------------------------------------------------------------------------------------------
+# -- checkpoints (lightning_modules/checkpoint_loading.py, for this module class) ----------------------------------
 def read_checkpoint(checkpoint_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A FlexEControlModule Lightning checkpoint as a dict; ValueError (one line naming the file) for anything else."""
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        what = ("a directory (a DeepSpeed checkpoint? make it one file with lightning.pytorch.utilities.deepspeed."
-                "convert_zero_checkpoint_to_fp32_state_dict(DIR, FILE))" if path.is_dir() else "no such file")
-        raise ValueError(f"{path}: {what}")
-    try:
-        # weights_only=False: Lightning checkpoints carry hyper-parameters and loop state beside the tensors
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:  # a foreign or truncated file: pickle, zip and EOF errors alike
-        raise ValueError(f"{path}: not a readable checkpoint ({first_line(error)})") from error
-    written_by = checkpoint.get("model_target") if isinstance(checkpoint, dict) else None
-    if written_by is not None and written_by != MODULE_TARGET:
-        raise ValueError(f"{path}: a checkpoint of {written_by}, not of {MODULE_TARGET}")
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
-    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    lightning_checkpoint = (isinstance(hparams, Mapping) and isinstance(state, Mapping)
-                            and isinstance(hparams.get("base"), Mapping))
-    if not lightning_checkpoint:
-        raise ValueError(f"{path}: not a Lightning checkpoint of {MODULE_TARGET} (no hyper_parameters with 'base', "
-                         f"or no state_dict)")
-    return checkpoint
-
-
-def base_problem(base: Mapping[str, Any], fix: str) -> str | None:
-    """One line saying why `base` (load_diffusion_parts' arguments) cannot load here, ending with `fix`; or None."""
-    try:
-        problems = FlexEControlModule.config_problems({"base": dict(base)})
-    except TypeError as error:  # a key load_diffusion_parts does not take
-        return f"base: {first_line(error)} ({fix})"
-    if not problems:
-        return None
-    return "; ".join(f"{name}: {message}" for name, message in problems) + f" ({fix})"
+    return loading.read_checkpoint(checkpoint_path, FlexEControlModule, map_location)
 
 
 def build_module(hparams: Mapping[str, Any], source: str) -> FlexEControlModule:
-    """FlexEControlModule(**hparams), its base checked first; ValueError (one line starting with `source`)."""
-    problem = base_problem(hparams["base"], "give the base where it lies on this machine")
-    if problem:
-        raise ValueError(f"{source}: {problem}")
-    try:
-        return FlexEControlModule(**hparams)
-    except (ValueError, TypeError) as error:  # hyper-parameters this version of the module refuses
-        raise ValueError(f"{source}: cannot rebuild its module: {first_line(error)}") from error
-
-
-BaseOverride = Mapping[str, Any] | str | os.PathLike | None
-
-
-def resolve_base(named: Mapping[str, Any], base: BaseOverride) -> dict[str, Any]:
-    """The base to build with: `named` (the checkpoint's or export's) when `base` is None; a mapping `base` replaces
-    it; a directory `base` replaces only its `pretrained` (the pipeline's location; vae: null and the like stay)."""
-    if base is None:
-        return dict(named)
-    if isinstance(base, Mapping):
-        return dict(base)
-    return {**dict(named), "pretrained": os.fspath(base)}
+    return loading.build_module(FlexEControlModule, hparams, source)
 
 
 def module_from_checkpoint(checkpoint: Mapping[str, Any], base: BaseOverride = None,
                            source: str = "checkpoint") -> FlexEControlModule:
-    """The module of a checkpoint read by `read_checkpoint`, in eval mode, with its learned weights; `base` as for
-    `resolve_base`."""
-    hparams = dict(checkpoint["hyper_parameters"])
-    hparams["base"] = resolve_base(hparams["base"], base)
-    module = build_module(hparams, source)
-    state = checkpoint["state_dict"]
-    learned = module.state_dict()
-    unexpected = [key for key in state if key not in learned]
-    missing = [key for key in learned if key not in state]
-    if missing or unexpected:
-        listed = ([f"lacks {_few(missing)}"] if missing else []) + (
-            [f"has weights this module lacks: {_few(unexpected)}"] if unexpected else [])
-        raise ValueError(f"{source}: its learned weights do not fit a {hparams.get('variant', 'flexecontrol')} module "
-                         f"with its hyper-parameters ({'; '.join(listed)})")
-    try:
-        module.load_state_dict(dict(state), strict=True)
-    except RuntimeError as error:  # shapes that differ from what the hyper-parameters build
-        raise ValueError(f"{source}: its learned weights do not fit its hyper-parameters: {first_line(error)}") from error
-    module.on_load_checkpoint(dict(checkpoint))
-    return module.eval()
-
-
-def _few(names: list[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    return loading.module_from_checkpoint(FlexEControlModule, checkpoint, base, source)
 
 
 def load_for_inference(checkpoint_path: str | os.PathLike, base: BaseOverride = None,
@@ -143,9 +69,7 @@ def load_for_inference(checkpoint_path: str | os.PathLike, base: BaseOverride = 
     `base` replaces the checkpoint's `base` hyper-parameter (e.g. {"pretrained": DIR, "vae": None} where the same
     base lies elsewhere on this machine; a directory alone replaces only `pretrained`). ValueError (one line) for a
     file that is not such a checkpoint."""
-    checkpoint = read_checkpoint(checkpoint_path, map_location="cpu")
-    module = module_from_checkpoint(checkpoint, base, source=str(checkpoint_path))
-    return module.to(torch.device(map_location))
+    return loading.load_for_inference(FlexEControlModule, checkpoint_path, base, map_location)
 
 
 # -- export ------------------------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_files_that_are_not_such_checkpoints_are_one_line_errors(base, tmp_path)
     other_variant = tmp_path / "variant.ckpt"  # uni_controlnet hyper-parameters, flexecontrol weights
     torch.save({"state_dict": state, "hyper_parameters": {**dict(module.hparams), "variant": "uni_controlnet"}},
                other_variant)
-    assert "do not fit a uni_controlnet module" in one_line_error(inference.load_for_inference, other_variant)
+    assert "do not fit a uni_controlnet FlexEControlModule" in one_line_error(inference.load_for_inference, other_variant)
 
 
 @pytest.mark.parametrize("variant", ["flexecontrol", "uni_controlnet", "controlnet"])
