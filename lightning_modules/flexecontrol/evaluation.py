@@ -6,7 +6,8 @@ against, each a mean over the images:
 - `canny_f1`: edges of the generated image (cv2.Canny of its gray image, as the shards' canny maps are made) against
   the input canny map, binarised; pixel precision, recall and F1 per image (`canny_scores` gives all three).
 - `edge_ssim`: SSIM (torchmetrics) between the input edge map and the generated image's edge map.
-- `clip_score`: torchmetrics' CLIPScore of image and prompt with a CLIP from a local directory (model + processor).
+- `clip_score`: torchmetrics' CLIPScore of image and prompt with a CLIP from a local directory (model + processor),
+  the scorer methods share (lightning_modules/clip_similarity.py).
 - `depth_rmse`: a transformers depth-estimation model (local directory) on the generated images; its prediction and
   the reference depth map, each normalised per image to [0, 1] with near = 1, compared by RMSE.
 - `segmentation_miou`: a segmenter's label map of the generated image against the reference labels, IoU per label
@@ -46,14 +47,14 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from datamodules.errors import UsageError, first_line, raise_param_problems
+from datamodules.errors import raise_param_problems
+from lightning_modules.clip_similarity import CLIP_WHAT, Device, as_uint8_images, clip_score, load_clip, local_model_dir
 from lightning_modules.flexecontrol import shards
 
-Device = str | torch.device | None
-MODEL_PARAMS = {"clip_model": "a CLIP model with its processor",
+MODEL_PARAMS = {"clip_model": CLIP_WHAT,
                 "depth_model": "a transformers depth-estimation model",
                 "seg_model": "a transformers image-segmentation model",
-                "fid_features": "a CLIP model with its processor"}
+                "fid_features": CLIP_WHAT}
 BORDER_COLOUR = "border_colour"  # seg_model naming the built-in segmenter of synthetic shapes, not a model directory
 METRIC_PREFIX = "control"
 NO_CONTROL = "_no_control"
@@ -61,15 +62,6 @@ METRICS_FILE = "control_metrics.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------ image formats
-def as_uint8_images(images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] uint8: uint8 as it is, floats taken as [0, 1]; one channel becomes three."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [N, 3, H, W] (or [N, 1, H, W]), got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
 def as_unit_maps(maps: torch.Tensor) -> torch.Tensor:
     """Single-channel maps [N, H, W] as floats in [0, 1] from [N, H, W] or [N, C, H, W] (uint8 / 255; several channels
     merged by maximum)."""
@@ -167,67 +159,6 @@ def edge_ssim(generated: torch.Tensor, reference_edges: torch.Tensor, low: float
 
 
 # --------------------------------------------------------------------------------------------------------- CLIP
-def _pooled(output: Any) -> torch.Tensor:
-    """transformers 4.x returns the projected features, 5.x an output object holding them as pooler_output."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-class ProjectedCLIP(nn.Module):
-    """A transformers CLIPModel whose get_image_features / get_text_features return the projected embeddings as
-    tensors, as torchmetrics' CLIPScore expects of them (transformers 5 returns output objects)."""
-
-    def __init__(self, clip: nn.Module):
-        super().__init__()
-        self.clip = clip
-        self.config = clip.config
-
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.clip.get_image_features(pixel_values=pixel_values))
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _pooled(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-
-
-def _model_dir(path: str | os.PathLike, what: str) -> str:
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise UsageError(f"{path}: not a local directory (give the directory {what} was saved to)")
-    return str(directory.resolve())
-
-
-@functools.lru_cache(maxsize=4)
-def _load_clip(directory: str) -> tuple[ProjectedCLIP, Any]:
-    from transformers import CLIPModel, CLIPProcessor
-
-    try:
-        model = CLIPModel.from_pretrained(directory).eval().requires_grad_(False)
-        processor = CLIPProcessor.from_pretrained(directory)
-    except Exception as e:  # noqa: BLE001 - a directory without the files fails in many ways; all mean the same
-        raise UsageError(f"{directory}: not {MODEL_PARAMS['clip_model']} ({first_line(e)}); save both there "
-                         f"(model.save_pretrained and CLIPProcessor.save_pretrained)") from e
-    return ProjectedCLIP(model), processor
-
-
-def load_clip(model_path: str | os.PathLike) -> tuple[ProjectedCLIP, Any]:
-    """The CLIP model (as ProjectedCLIP) and its CLIPProcessor saved in a local directory, loaded once per process;
-    UsageError naming the directory when they are not both there."""
-    return _load_clip(_model_dir(model_path, MODEL_PARAMS["clip_model"]))
-
-
-def clip_score(images: torch.Tensor, prompts: Sequence[str], model_path: str | os.PathLike,
-               device: Device = None) -> float:
-    """torchmetrics' CLIPScore (mean over images of max(100 cos(image, prompt), 0)) with the CLIP in `model_path`, run
-    on `device` (default: the CPU)."""
-    from torchmetrics.multimodal.clip_score import CLIPScore
-
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"clip_score: {len(prompts)} prompts for {images.shape[0]} images")
-    parts = load_clip(model_path)
-    device = torch.device(device or "cpu")
-    metric = CLIPScore(model_name_or_path=lambda: parts).to(device)  # its state where its scores are computed
-    return float(metric(as_uint8_images(images).to(device), list(prompts)))
-
-
 class CLIPImageFeatures(nn.Module):
     """A CLIP's projected image embeddings [N, D] of uint8 images [N, 3, H, W] (resized to the model's input size,
     normalised as its processor does): FID's `feature=` module. `num_features` = D tells torchmetrics its width."""
@@ -276,7 +207,7 @@ def load_pipeline(task: str, model_path: str | os.PathLike) -> Any:
     """A transformers pipeline for `task` from a local model directory, loaded once per process as make_shards loads
     the models that make condition maps (shards.py: on the GPU when there is one, tried on a blank image first);
     UsageError naming the directory when it holds no such model."""
-    return _load_pipeline(task, _model_dir(model_path, f"a transformers {task} model and its image processor"))
+    return _load_pipeline(task, local_model_dir(model_path, f"a transformers {task} model and its image processor"))
 
 
 def _pil_images(images: torch.Tensor) -> list[Any]:
