@@ -32,7 +32,6 @@ import functools
 import json
 import os
 import re
-import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,12 +40,12 @@ from typing import Any, Protocol
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from callbacks.rank_zero import rank_zero_metrics
 from datamodules.errors import raise_param_problems
 from lightning_modules.clip_similarity import CLIP_WHAT, Device, as_uint8_images, clip_score, load_clip, local_model_dir
 from lightning_modules.flexecontrol import shards
@@ -573,25 +572,14 @@ class ControllabilityEvaluator(Callback):
         self.validations += 1
         if self.validations % self.every_n_val:
             return
-        distributed = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-        if not (trainer.is_global_zero or distributed):
-            return
-        result: dict[str, Any] | None = None
-        if trainer.is_global_zero:
+        def evaluate() -> dict[str, float]:
             if self._subset is None:
-                result = {"error": "the validation loader gave no samples to evaluate on"}
-            else:
-                try:
-                    result = {"metrics": self.evaluate(pl_module)}
-                except Exception:  # re-raised below on every rank, so ranks waiting in the broadcast do not hang
-                    if not distributed:
-                        raise
-                    result = {"error": traceback.format_exc()}
-        if distributed:
-            result = trainer.strategy.broadcast(result, src=0)
-        if "error" in result:
-            raise RuntimeError(f"ControllabilityEvaluator failed on rank 0:\n{result['error']}")
-        metrics = result["metrics"]
+                raise RuntimeError("ControllabilityEvaluator: the validation loader gave no samples to evaluate on")
+            return self.evaluate(pl_module)
+
+        metrics = rank_zero_metrics(trainer, evaluate, "ControllabilityEvaluator")
+        if metrics is None:
+            return
         if trainer.is_global_zero:
             self.write(trainer, metrics)
         for name, value in metrics.items():

@@ -424,9 +424,9 @@ def distributed_trainer(tmp_path, rank: int, broadcast_result: dict):
 
 
 def test_under_ddp_the_other_ranks_log_what_rank_0_broadcasts_and_write_nothing(tmp_path, monkeypatch):
-    from lightning_modules.flexecontrol import evaluation
+    from callbacks import rank_zero
 
-    monkeypatch.setattr(evaluation.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(rank_zero.dist, "is_initialized", lambda: True)
     evaluator, module = ControllabilityEvaluator(), Recorder()
     trainer = distributed_trainer(tmp_path, 1, {"metrics": {"canny_f1": 0.25, "canny_f1_no_control": 0.5}})
     evaluator.on_validation_batch_end(trainer, module, None, {"caption": ["a x"]}, 0)
