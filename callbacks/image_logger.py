@@ -25,7 +25,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from callbacks.validation_samples import ValidationSampleLogger
-from datamodules.errors import raise_param_problems
+from datamodules.errors import count_problems, raise_param_problems
 from datamodules.files import atomic_write_bytes
 
 GAP = 2  # pixels between images and around the grid
@@ -81,8 +81,8 @@ class ImageLogger(ValidationSampleLogger):
     default_subdir = "images"
 
     def __init__(self, every_n_val: int = 1, max_images: int = 4, directory: str | None = None, seed: int = 0):
-        raise_param_problems([(name, f"must be >= 1, got {value}") for name, value in
-                              (("every_n_val", every_n_val), ("max_images", max_images)) if value < 1])
+        counts = {"every_n_val": every_n_val, "max_images": max_images}
+        raise_param_problems(count_problems(counts, counts))
         super().__init__(every_n_val, max_images, directory, seed)
 
     def write_rows(self, trainer: L.Trainer, rows: dict[str, torch.Tensor]) -> Path:

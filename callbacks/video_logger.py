@@ -26,7 +26,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from callbacks.image_logger import image_grid
 from callbacks.validation_samples import ValidationSampleLogger
-from datamodules.errors import raise_param_problems
+from datamodules.errors import count_problems, raise_param_problems
 from datamodules.video import gif_bytes, write_gif, write_video
 
 TENSORBOARD_TAG = "validation/videos"  # a row's tag: validation/videos/<row>
@@ -85,9 +85,8 @@ class VideoLogger(ValidationSampleLogger):
 
     def __init__(self, every_n_val: int = 1, max_videos: int = 4, directory: str | None = None, seed: int = 0,
                  fps: int = 8, upscale: int = 1):
-        raise_param_problems([(name, f"must be >= 1, got {value}") for name, value in
-                              (("every_n_val", every_n_val), ("max_videos", max_videos), ("fps", fps),
-                               ("upscale", upscale)) if value < 1])
+        counts = {"every_n_val": every_n_val, "max_videos": max_videos, "fps": fps, "upscale": upscale}
+        raise_param_problems(count_problems(counts, counts))
         super().__init__(every_n_val, max_videos, directory, seed)
         self.fps, self.upscale = fps, upscale
 

@@ -4,8 +4,8 @@ torchmetrics' CLIPScore of images and prompts (`clip_score`), and its mean over 
 
 The CLIP is a transformers CLIPModel saved with its CLIPProcessor (model.save_pretrained and
 CLIPProcessor.save_pretrained into one directory), loaded once per process (cached by path) and never trained. A
-missing or incomplete directory is a UsageError naming it. `local_model_dir` is the same check for any model an
-evaluation loads from a path.
+missing or incomplete directory is a UsageError naming it. `local_model_dir` and `load_model_and_processor` are the
+same checks for any model an evaluation loads from a path.
 """
 
 from __future__ import annotations
@@ -63,16 +63,25 @@ def local_model_dir(path: str | os.PathLike, what: str) -> str:
     return str(directory.resolve())
 
 
+def load_model_and_processor(directory: str, model_class: Any, processor_class: Any, what: str,
+                             processor_name: str = "processor") -> tuple[nn.Module, Any]:
+    """`model_class.from_pretrained(directory)` (in eval mode, without gradients) and
+    `processor_class.from_pretrained(directory)`; UsageError naming the directory and `what` should be there when
+    either fails."""
+    try:
+        model = model_class.from_pretrained(directory).eval().requires_grad_(False)
+        processor = processor_class.from_pretrained(directory)
+    except Exception as e:  # noqa: BLE001 - a directory without the files fails in many ways; all mean the same
+        raise UsageError(f"{directory}: not {what} ({first_line(e)}); save both there "
+                         f"(model.save_pretrained and {processor_name}.save_pretrained)") from e
+    return model, processor
+
+
 @functools.lru_cache(maxsize=4)
 def _load_clip(directory: str) -> tuple[ProjectedCLIP, Any]:
     from transformers import CLIPModel, CLIPProcessor
 
-    try:
-        model = CLIPModel.from_pretrained(directory).eval().requires_grad_(False)
-        processor = CLIPProcessor.from_pretrained(directory)
-    except Exception as e:  # noqa: BLE001 - a directory without the files fails in many ways; all mean the same
-        raise UsageError(f"{directory}: not {CLIP_WHAT} ({first_line(e)}); save both there "
-                         f"(model.save_pretrained and CLIPProcessor.save_pretrained)") from e
+    model, processor = load_model_and_processor(directory, CLIPModel, CLIPProcessor, CLIP_WHAT, "CLIPProcessor")
     return ProjectedCLIP(model), processor
 
 

@@ -10,61 +10,34 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from callbacks.image_logger import GAP
 from callbacks.video_logger import TENSORBOARD_TAG, VideoLogger, check_video_rows, video_grid
 from datamodules.errors import ParamError
+from tests.test_image_logger import SIDE, Colours, fit
+from tests.test_image_logger import Toy as ImageToy
 
-SIDE, FRAMES = 6, 3
-
-
-class Colours(Dataset):
-    def __len__(self) -> int:
-        return 8
-
-    def __getitem__(self, i: int) -> dict:
-        return {"x": torch.full((2,), float(i)), "level": torch.tensor(i % 5 + 1), "prompt": f"clip {i}"}
+FRAMES = 3
 
 
-class Toy(L.LightningModule):
-    """video_rows: "levels" (sample i is flat grey level/5, brightening by 0.1 a frame) and "noise"."""
+class Toy(ImageToy):
+    """video_rows: "levels" (sample i is flat grey i/8, brightening by 0.1 a frame) and "noise / seed"."""
 
     def __init__(self):
         super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-        self.calls = []
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch["x"]).square().mean()
-
-    def validation_step(self, batch, batch_idx):
-        self.log("val/loss", self.layer(batch["x"]).square().mean())
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=1e-3)
+        self.names = []
 
     def video_rows(self, batch, generator):
-        self.calls.append(list(batch["prompt"]))
-        n = batch["level"].shape[0]
-        grey = batch["level"].float()[:, None] / 5 + 0.1 * torch.arange(FRAMES)[None]
+        self.names.append(list(batch["name"]))
+        n = batch["colour"].shape[0]
+        grey = batch["colour"][:, 0, None] + 0.1 * torch.arange(FRAMES)[None]
         return {"levels": grey[:, :, None, None, None].expand(n, FRAMES, 3, SIDE, SIDE).clamp(0, 1),
                 "noise / seed": torch.rand(n, FRAMES, 3, SIDE, SIDE, generator=generator)}
 
 
 class NoRows(Toy):
     video_rows = None
-
-
-def fit(tmp_path, module, callback, *, steps=2, tensorboard=True):
-    loader = DataLoader(Colours(), batch_size=4)
-    trainer = L.Trainer(max_steps=steps, val_check_interval=1, check_val_every_n_epoch=None, limit_val_batches=1,
-                        num_sanity_val_steps=1, default_root_dir=str(tmp_path), accelerator="cpu", devices=1,
-                        logger=TensorBoardLogger(tmp_path, name="tb", version="") if tensorboard else False,
-                        callbacks=[callback], enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False)
-    trainer.fit(module, loader, loader)
-    return trainer
 
 
 def read(path) -> np.ndarray:
@@ -81,15 +54,15 @@ def test_videos_follow_the_schedule_and_read_back_with_their_frames(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["step_2", "step_4"]  # never the sanity check
     assert sorted(p.name for p in (root / "step_2").iterdir()) == ["levels.gif", "levels.mp4", "noise___seed.gif",
                                                                  "noise___seed.mp4"]
-    assert module.calls == [["clip 0", "clip 1", "clip 2"]] * 2  # the first batch's first max_videos samples
+    assert module.names == [["s0", "s1", "s2"]] * 2  # the first batch's first max_videos samples
     width, height = GAP + 3 * (SIDE + GAP), GAP + SIDE + GAP
     for suffix in ("mp4", "gif"):
         clip = read(root / "step_2" / f"levels.{suffix}").astype(int)
         assert clip.shape == (FRAMES, height, width, 3)
-        for column, level in enumerate((1, 2, 3)):  # sample i: grey level/5 + 0.1 t
+        for column in range(3):  # sample i: grey i/8 + 0.1 t
             left = GAP + column * (SIDE + GAP)
             cell = clip[:, GAP:GAP + SIDE, left:left + SIDE]
-            expected = np.round(np.clip(level / 5 + 0.1 * np.arange(FRAMES), 0, 1) * 255)
+            expected = np.round(np.clip(column / 8 + 0.1 * np.arange(FRAMES), 0, 1) * 255)
             assert np.abs(cell.mean(axis=(1, 2, 3)) - expected).max() <= 6  # MPEG-4 blurs into the white gaps
         assert np.abs(clip[:, 0] - 255).max() <= 8  # the white gap above
     noise = (torch.rand(3, FRAMES, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(5)) * 255).round()
@@ -153,7 +126,7 @@ def test_other_ranks_draw_nothing_and_bad_arguments_are_reported_together(tmp_pa
                               global_step=3, loggers=[])
     logger.on_validation_batch_end(trainer, module, None, next(iter(DataLoader(Colours(), batch_size=4))), 0)
     logger.on_validation_epoch_end(trainer, module)
-    assert module.calls == [] and logger.validations == 1 and not (tmp_path / "videos").exists()
+    assert module.names == [] and logger.validations == 1 and not (tmp_path / "videos").exists()
     with pytest.raises(ParamError) as e:
         VideoLogger(every_n_val=0, max_videos=0, fps=0, upscale=0)
     assert {name for name, _ in e.value.problems} == {"every_n_val", "max_videos", "fps", "upscale"}

@@ -46,7 +46,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from callbacks.rank_zero import rank_zero_metrics
-from datamodules.errors import raise_param_problems
+from datamodules.errors import count_problems, raise_param_problems
 from lightning_modules.clip_similarity import CLIP_WHAT, Device, as_uint8_images, clip_score, load_clip, local_model_dir
 from lightning_modules.flexecontrol import shards
 
@@ -497,11 +497,7 @@ class ControllabilityEvaluator(Callback):
     def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """(param, message) for values that cannot work: counts below 1, a negative guidance, and with `check_files`
         model paths that are not local directories."""
-        problems = []
-        for name in ("subset_size", "every_n_val", "steps", "batch_size"):
-            value = params.get(name, 1)
-            if isinstance(value, int) and value < 1:
-                problems.append((name, f"must be >= 1, got {value}"))
+        problems = count_problems(params, ("subset_size", "every_n_val", "steps", "batch_size"))
         tolerance = params.get("canny_tolerance", 0)
         if isinstance(tolerance, int) and tolerance < 0:
             problems.append(("canny_tolerance", f"must be >= 0, got {tolerance}"))

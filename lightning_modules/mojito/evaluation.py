@@ -45,10 +45,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from callbacks.rank_zero import rank_zero_metrics
-from datamodules.errors import UsageError, did_you_mean, first_line, raise_param_problems
+from datamodules.errors import UsageError, count_problems, did_you_mean, raise_param_problems
 from datamodules.synthetic_shapes import COLORS
 from datamodules.video import MOTION_LEVELS, mean_flow
-from lightning_modules.clip_similarity import CLIP_WHAT, Device, clip_frame_similarity, local_model_dir
+from lightning_modules.clip_similarity import (CLIP_WHAT, Device, clip_frame_similarity, load_model_and_processor,
+                                               local_model_dir)
 
 METRIC_PREFIX = "motion"
 UNCONTROLLED = "_none"
@@ -122,12 +123,8 @@ def locate_by_colour(video: torch.Tensor | np.ndarray, rgb: Sequence[int],
 def _load_detector(directory: str) -> tuple[Any, Any]:
     from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-    try:
-        model = AutoModelForZeroShotObjectDetection.from_pretrained(directory).eval().requires_grad_(False)
-        processor = AutoProcessor.from_pretrained(directory)
-    except Exception as e:  # noqa: BLE001 - a directory without the files fails in many ways; all mean the same
-        raise UsageError(f"{directory}: not {DETECTOR_WHAT} ({first_line(e)}); save both there "
-                         f"(model.save_pretrained and processor.save_pretrained)") from e
+    model, processor = load_model_and_processor(directory, AutoModelForZeroShotObjectDetection, AutoProcessor,
+                                                DETECTOR_WHAT)
     if model.config.model_type not in DETECTOR_TYPES:
         raise UsageError(f"{directory}: a {model.config.model_type} detector; give {DETECTOR_WHAT} (its "
                          f"post-processing is the one supported)")
@@ -412,11 +409,7 @@ class MotionEvaluator(Callback):
         """(param, message) for values that cannot work: counts below 1, a threshold outside [0, 1], a prompt set
         entry that cannot be evaluated (parse_prompt_set), and with `check_files` model paths that are not local
         directories."""
-        problems = []
-        for name in ("every_n_val", "seeds", "steps"):
-            value = params.get(name, 1)
-            if isinstance(value, int) and value < 1:
-                problems.append((name, f"must be >= 1, got {value}"))
+        problems = count_problems(params, ("every_n_val", "seeds", "steps"))
         threshold = params.get("detector_threshold", 0.1)
         if isinstance(threshold, (int, float)) and not 0 <= threshold <= 1:
             problems.append(("detector_threshold", f"must be in [0, 1], got {threshold}"))
