@@ -232,7 +232,7 @@ def _parse_points(value: Any) -> tuple[tuple[float, float], ...]:
     if isinstance(value, str):
         pieces = [piece.split(",") for piece in value.split()]
     elif isinstance(value, Sequence):
-        pieces = [piece for piece in value]
+        pieces = list(value)
     else:
         raise ValueError(f"expected \"x,y x,y ...\" or a list of [x, y], got {type(value).__name__}")
     points = []
@@ -335,7 +335,7 @@ def evaluate_motion(module: Any, prompt_set: Sequence[Mapping[str, Any] | Motion
     """The motion metrics of `module` (anything with Mojito's `generate_videos`) on `prompt_set` (see the module
     docstring), with `seeds` seeds from `seed` and `steps` denoising steps (None: the module's default)."""
     entries, problems = parse_prompt_set(prompt_set, detector is not None)
-    raise_param_problems(problems)
+    raise_param_problems(problems + count_problems({"seeds": seeds}, ["seeds"]))
     prompts = [entry.prompt for entry in entries]
     levels, flows, by_level = [], [], {level: [] for level in LEVELS}
     clip_videos, clip_prompts = [], []

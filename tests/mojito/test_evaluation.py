@@ -148,6 +148,8 @@ def test_a_module_returning_the_wrong_shape_is_named():
     bad = SimpleNamespace(generate_videos=lambda prompts, **kwargs: torch.zeros(len(prompts), 3, SIZE, SIZE))
     with pytest.raises(ValueError, match=r"generate_videos must return videos \[2, F, 3, H, W\]"):
         evaluate_motion(bad, PROMPT_SET, seeds=1)
+    with pytest.raises(ParamError, match="seeds: must be >= 1, got 0"):
+        evaluate_motion(Fake(), PROMPT_SET, seeds=0)
 
 
 # ------------------------------------------------------------------------------------------------------ detector
