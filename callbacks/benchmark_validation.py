@@ -38,7 +38,7 @@ from datamodules.benchmarks.questions import (BENCHMARKS, MMWORLD_SPLIT, VLM4D_S
                                               index_questions, load_questions, resolve_video)
 from datamodules.benchmarks.scoring import score_responses, summarize
 from datamodules.benchmarks.subset import stratified_subset
-from datamodules.errors import ParamError, did_you_mean, raise_param_problems
+from datamodules.errors import ParamError, count_problems, did_you_mean, raise_param_problems
 from datamodules.files import atomic_write_text
 from lightning_modules.responders import answer_in_batches
 
@@ -114,10 +114,7 @@ class BenchmarkValidation(Callback):
                                                        f"(splits: {', '.join(splits)})"))
             elif check_files and not Path(path).is_file():
                 problems.append((f"questions.{split}", f"no such file: {path}"))
-        for name in ("num_questions", "every_n_validations", "num_frames", "batch_size"):
-            value = params.get(name, 1)
-            if isinstance(value, int) and value < 1:
-                problems.append((name, f"must be >= 1, got {value}"))
+        problems += count_problems(params, ("num_questions", "every_n_validations", "num_frames", "batch_size"))
         video_root = params.get("video_root")
         if check_files and isinstance(video_root, str) and not Path(video_root).is_dir():
             problems.append(("video_root", f"no such directory: {video_root} (the directory holding the videos)"))

@@ -2,11 +2,11 @@
 grid in TensorBoard when a TensorBoardLogger is among the trainer's loggers.
 
 The callback knows no method: it keeps the first `max_images` samples of the first validation batch (rank 0's) and
-asks the LightningModule for rows of images of them, `pl_module.image_rows(batch, generator)` ->
-{row name: images [N, 3, H, W] in [0, 1]} (a text-to-image model: its conditions, its samples, the targets). Rows are
-stacked in the order given, one image per column, with a gap between images; the row names are written into the PNG
-as its "rows" text field (comma-separated) rather than drawn. The generator is seeded with `seed` each time, so two
-grids differ only by the model's weights.
+asks the LightningModule for rows of images of them (callbacks/validation_samples.py, shared with the video logger),
+`pl_module.image_rows(batch, generator)` -> {row name: images [N, 3, H, W] in [0, 1]} (a text-to-image model: its
+conditions, its samples, the targets). Rows are stacked in the order given, one image per column, with a gap between
+images; the row names are written into the PNG as its "rows" text field (comma-separated) rather than drawn. The
+generator is seeded with `seed` each time, so two grids differ only by the model's weights.
 
 Only rank 0 draws and writes; the others do nothing (no collective is called, so the ranks need not agree on
 anything but the validation count, which each keeps the same way).
@@ -16,17 +16,16 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from datamodules.errors import raise_param_problems
+from callbacks.validation_samples import ValidationSampleLogger
+from datamodules.errors import count_problems, raise_param_problems
 from datamodules.files import atomic_write_bytes
 
 GAP = 2  # pixels between images and around the grid
@@ -72,61 +71,22 @@ def png_bytes(grid: torch.Tensor, row_names: list[str]) -> bytes:
     return buffer.getvalue()
 
 
-class ImageLogger(Callback):
+class ImageLogger(ValidationSampleLogger):
     """every_n_val: a grid at every k-th validation (never in the sanity check). max_images: samples (columns) of the
     first validation batch. directory: where the PNGs go (default `<default_root_dir>/images`). seed: the generator's
     seed at every grid."""
 
+    rows_method = "image_rows"
+    rows_returns = "{row name: images [N, 3, H, W] in [0, 1]}"
+    default_subdir = "images"
+
     def __init__(self, every_n_val: int = 1, max_images: int = 4, directory: str | None = None, seed: int = 0):
-        raise_param_problems([(name, f"must be >= 1, got {value}") for name, value in
-                              (("every_n_val", every_n_val), ("max_images", max_images)) if value < 1])
-        self.every_n_val, self.max_images, self.directory, self.seed = every_n_val, max_images, directory, seed
-        self.validations = 0  # full validations seen (saved in checkpoints: a resumed run keeps the rhythm)
-        self._batch: dict[str, Any] | None = None
+        counts = {"every_n_val": every_n_val, "max_images": max_images}
+        raise_param_problems(count_problems(counts, counts))
+        super().__init__(every_n_val, max_images, directory, seed)
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(directory=self.directory)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"validations": self.validations}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.validations = int(state_dict.get("validations", 0))
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if not callable(getattr(pl_module, "image_rows", None)):
-            raise TypeError(f"ImageLogger: {type(pl_module).__name__} has no image_rows(batch, generator) method; "
-                            f"implement it to return {{row name: images [N, 3, H, W] in [0, 1]}}, or remove the "
-                            f"ImageLogger callback")
-
-    def output_dir(self, trainer: L.Trainer) -> Path:
-        return Path(self.directory) if self.directory else Path(trainer.default_root_dir) / "images"
-
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
-        if self._batch is not None or batch_idx or dataloader_idx or not trainer.is_global_zero:
-            return
-        if not isinstance(batch, dict):
-            raise TypeError(f"ImageLogger: validation batches must be dicts of per-sample fields, got "
-                            f"{type(batch).__name__}")
-        self._batch = {key: value.detach().cpu()[:self.max_images] if isinstance(value, torch.Tensor)
-                       else list(value)[:self.max_images] if isinstance(value, (list, tuple)) else value
-                       for key, value in batch.items()}
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        self.validations += 1
-        if self.validations % self.every_n_val or not trainer.is_global_zero or self._batch is None:
-            return
-        self.log_grid(trainer, pl_module)
-
-    def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
-        """Draw the kept batch's rows and write them; returns the PNG's path."""
-        generator = torch.Generator().manual_seed(self.seed)
-        with torch.no_grad():
-            rows = pl_module.image_rows(self._batch, generator)
+    def write_rows(self, trainer: L.Trainer, rows: dict[str, torch.Tensor]) -> Path:
+        """Draw the rows as one grid and write it; returns the PNG's path."""
         grid = image_grid(rows)
         path = self.output_dir(trainer) / f"step_{trainer.global_step}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 
 class UsageError(Exception):
@@ -38,6 +38,13 @@ def raise_param_problems(problems: Iterable[tuple[str, str]]) -> None:
     problems = list(problems)
     if problems:
         raise ParamError(problems)
+
+
+def count_problems(params: Mapping[str, Any], names: Iterable[str]) -> list[tuple[str, str]]:
+    """(name, "must be >= 1, got V") for each of `names` whose value in `params` is an integer below 1 (an absent
+    value, None or another type is left to the signature's type check)."""
+    return [(name, f"must be >= 1, got {params[name]}") for name in names
+            if isinstance(params.get(name), int) and not isinstance(params[name], bool) and params[name] < 1]
 
 
 def first_line(error: BaseException) -> str:

@@ -4,7 +4,9 @@
   kind, video fields of shards (datamodules/shard_dataset.py) and benchmark frame sampling
   (datamodules/benchmarks/frames.py) all decode here. A source is a path or the bytes of a container; a missing
   path is FileNotFoundError, anything PyAV cannot open or decode is VideoDecodeError (its cause is PyAV's error).
-- `write_video`: MPEG-4 (part 2, in every FFmpeg build) .mp4 from uint8 frames.
+- Writing clips (each file written atomically, datamodules/files.py): `write_video`, MPEG-4 (part 2, in every FFmpeg
+  build) .mp4 from uint8 frames; `write_gif`, a looping GIF (PIL); `frame_strip`, the frames side by side as one
+  image with an optional target box outlined on each, and `write_png` to save it.
 - `resize_crop`: shorter side to a size, centre crop to a square.
 - Motion intensity (DESIGN, "Mojito"): `mean_flow` is a clip's mean Farneback optical-flow magnitude; a dataset's
   `motion_quantiles` (stored in its index) cut it into MOTION_LEVELS levels 1..MOTION_LEVELS (`motion_level`).
@@ -22,7 +24,11 @@ from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 
+from datamodules.files import AtomicFile, atomic_write_bytes
+
 MOTION_LEVELS = 5
+STRIP_GAP = 2  # white pixels between the frames of a strip
+BOX_COLOUR = (255, 0, 255)  # magenta: in no synthetic palette, so a drawn box is never mistaken for a shape
 
 VideoSource = str | os.PathLike | bytes | bytearray | memoryview
 _IN_MEMORY = (bytes, bytearray, memoryview)
@@ -110,13 +116,32 @@ def decode_frames(source: VideoSource, indices: Collection[int] | None = None) -
     return frames, decoded
 
 
+def even_frames(frames: np.ndarray) -> np.ndarray:
+    """uint8 [T, H, W, 3] with an odd H or W padded to even by repeating the last row / column: yuv420p stores
+    colour per 2x2 block, and players refuse odd sizes even where FFmpeg writes them."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+def _check_clip(frames: np.ndarray, what: str) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not frames.shape[0]:
+        raise ValueError(f"{what}: frames must be uint8 [T, H, W, 3] with T >= 1, got {frames.dtype} "
+                         f"{tuple(frames.shape)}")
+    return frames
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
-    """MPEG-4 (yuv420p, near-lossless quantiser) .mp4 of uint8 [T, H, W, 3] frames at `fps`; H and W must be even."""
+    """MPEG-4 (yuv420p, near-lossless quantiser) .mp4 of uint8 [T, H, W, 3] frames at `fps`, written atomically; an
+    odd H or W is padded to even (even_frames), so the file's frames may be one row / column larger."""
     import av
 
+    frames = even_frames(_check_clip(frames, "write_video"))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    with AtomicFile(path) as out, av.open(out.file, mode="w", format="mp4") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -127,6 +152,72 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def gif_bytes(frames: np.ndarray, fps: float) -> bytes:
+    """A GIF (PIL, looping forever) of uint8 [T, H, W, 3] frames at `fps` (GIF stores delays in 10 ms units). PIL
+    stores identical consecutive frames once, with their delays summed: the GIF plays as long as the clip, but a
+    clip that stands still for a while has fewer GIF frames (the mp4 keeps every frame)."""
+    from PIL import Image
+
+    frames = _check_clip(frames, "gif")
+    if fps <= 0:
+        raise ValueError(f"gif: fps must be > 0, got {fps}")
+    images = [Image.fromarray(np.ascontiguousarray(frame), "RGB") for frame in frames]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return buffer.getvalue()
+
+
+def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float) -> Path:
+    """The looping GIF of uint8 [T, H, W, 3] frames at `fps` (gif_bytes), written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, gif_bytes(frames, fps))
+
+
+def box_pixels(box: Sequence[float], height: int, width: int) -> tuple[int, int, int, int]:
+    """The pixel rectangle (left, top, right, bottom; inclusive) a normalised box (x0, y0, x1, y1) covers: the
+    pixels whose area it overlaps, at least one, inside the image."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    left = min(max(math.floor(x0 * width), 0), width - 1)
+    top = min(max(math.floor(y0 * height), 0), height - 1)
+    right = min(max(math.ceil(x1 * width) - 1, left), width - 1)
+    bottom = min(max(math.ceil(y1 * height) - 1, top), height - 1)
+    return left, top, right, bottom
+
+
+def frame_strip(frames: np.ndarray, boxes: Sequence[Sequence[float]] | None = None, gap: int = STRIP_GAP,
+                colour: tuple[int, int, int] = BOX_COLOUR) -> np.ndarray:
+    """uint8 [H, T * W + (T - 1) * gap, 3]: the frames of a uint8 [T, H, W, 3] clip left to right, white gaps
+    between; with `boxes` (T normalised x0, y0, x1, y1, e.g. a tensor [T, 4]) each frame gets its box's one-pixel
+    outline (box_pixels) in `colour`."""
+    from PIL import Image, ImageDraw
+
+    frames = _check_clip(frames, "frame_strip")
+    count, height, width = frames.shape[:3]
+    if boxes is not None and len(boxes) != count:
+        raise ValueError(f"frame_strip: {len(boxes)} boxes for {count} frames; give one box per frame")
+    strip = Image.new("RGB", (count * width + (count - 1) * gap, height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    for t, frame in enumerate(frames):
+        left = t * (width + gap)
+        strip.paste(Image.fromarray(np.ascontiguousarray(frame), "RGB"), (left, 0))
+        if boxes is not None:
+            x0, y0, x1, y1 = box_pixels(boxes[t], height, width)
+            draw.rectangle((left + x0, y0, left + x1, y1), outline=tuple(colour), width=1)
+    return np.asarray(strip)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """A uint8 [H, W, 3] image (frame_strip's) as a PNG, written atomically."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image), "RGB").save(buffer, format="PNG")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def _cv2() -> Any:

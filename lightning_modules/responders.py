@@ -29,7 +29,7 @@ import numpy as np
 
 from datamodules.benchmarks.questions import QKey, Question
 from datamodules.benchmarks.scoring import read_responses
-from datamodules.errors import first_line, raise_param_problems
+from datamodules.errors import count_problems, first_line, raise_param_problems
 from datamodules.param_types import ModelSource
 
 PROMPTS = ("direct", "cot")
@@ -187,10 +187,7 @@ class TransformersVLM:
     def config_problems(cls, params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """Value checks beyond the parameter types (which the config checker verifies from the signature)."""
         problems = []  # `model` is a ModelSource: the config checker looks it up
-        for name in ("batch_size", "max_new_tokens"):
-            value = params.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-                problems.append((name, f"must be >= 1, got {value}"))
+        problems += count_problems(params, ("batch_size", "max_new_tokens"))
         extra = params.get("processor_kwargs")
         taken = sorted(set(extra) & RESERVED_PROCESSOR_KWARGS) if isinstance(extra, Mapping) else []
         if taken:

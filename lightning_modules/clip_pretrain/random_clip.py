@@ -38,3 +38,25 @@ def write_random_clip(directory: Path, image_size: int = 16, seed: int = 0) -> P
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(directory)
     return Path(directory)
+
+
+def write_scoring_clip(directory: Path, image_size: int = 16, seed: int = 0) -> Path:
+    """write_random_clip plus its CLIPProcessor (what lightning_modules/clip_similarity.py loads), with weights set so
+    that CLIPScore is positive and differs between inputs: a random CLIP's cosines scatter around 0, which CLIPScore
+    clamps to 0; a bias of 1 on both final layer norms and one shared projection give every embedding a common
+    positive direction."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    write_random_clip(directory, image_size=image_size, seed=seed)
+    clip = CLIPModel.from_pretrained(directory)
+    with torch.no_grad():
+        clip.vision_model.post_layernorm.bias.fill_(1.0)
+        clip.text_model.final_layer_norm.bias.fill_(1.0)
+        clip.text_projection.weight.copy_(clip.visual_projection.weight)
+    clip.save_pretrained(directory)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                         crop_size={"height": image_size, "width": image_size})
+    CLIPProcessor(image_processor=image_processor, tokenizer=CLIPTokenizer.from_pretrained(directory)).save_pretrained(
+        directory)
+    return Path(directory)

@@ -6,7 +6,8 @@ against, each a mean over the images:
 - `canny_f1`: edges of the generated image (cv2.Canny of its gray image, as the shards' canny maps are made) against
   the input canny map, binarised; pixel precision, recall and F1 per image (`canny_scores` gives all three).
 - `edge_ssim`: SSIM (torchmetrics) between the input edge map and the generated image's edge map.
-- `clip_score`: torchmetrics' CLIPScore of image and prompt with a CLIP from a local directory (model + processor).
+- `clip_score`: torchmetrics' CLIPScore of image and prompt with a CLIP from a local directory (model + processor),
+  the scorer methods share (lightning_modules/clip_similarity.py).
 - `depth_rmse`: a transformers depth-estimation model (local directory) on the generated images; its prediction and
   the reference depth map, each normalised per image to [0, 1] with near = 1, compared by RMSE.
 - `segmentation_miou`: a segmenter's label map of the generated image against the reference labels, IoU per label
@@ -31,7 +32,6 @@ import functools
 import json
 import os
 import re
-import traceback
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,20 +40,20 @@ from typing import Any, Protocol
 import lightning as L
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from datamodules.errors import UsageError, first_line, raise_param_problems
+from callbacks.rank_zero import rank_zero_metrics
+from datamodules.errors import count_problems, raise_param_problems
+from lightning_modules.clip_similarity import CLIP_WHAT, Device, as_uint8_images, clip_score, load_clip, local_model_dir
 from lightning_modules.flexecontrol import shards
 
-Device = str | torch.device | None
-MODEL_PARAMS = {"clip_model": "a CLIP model with its processor",
+MODEL_PARAMS = {"clip_model": CLIP_WHAT,
                 "depth_model": "a transformers depth-estimation model",
                 "seg_model": "a transformers image-segmentation model",
-                "fid_features": "a CLIP model with its processor"}
+                "fid_features": CLIP_WHAT}
 BORDER_COLOUR = "border_colour"  # seg_model naming the built-in segmenter of synthetic shapes, not a model directory
 METRIC_PREFIX = "control"
 NO_CONTROL = "_no_control"
@@ -61,15 +61,6 @@ METRICS_FILE = "control_metrics.jsonl"
 
 
 # ------------------------------------------------------------------------------------------------ image formats
-def as_uint8_images(images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] uint8: uint8 as it is, floats taken as [0, 1]; one channel becomes three."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be [N, 3, H, W] (or [N, 1, H, W]), got shape {tuple(images.shape)}")
-    if images.dtype != torch.uint8:
-        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
 def as_unit_maps(maps: torch.Tensor) -> torch.Tensor:
     """Single-channel maps [N, H, W] as floats in [0, 1] from [N, H, W] or [N, C, H, W] (uint8 / 255; several channels
     merged by maximum)."""
@@ -167,67 +158,6 @@ def edge_ssim(generated: torch.Tensor, reference_edges: torch.Tensor, low: float
 
 
 # --------------------------------------------------------------------------------------------------------- CLIP
-def _pooled(output: Any) -> torch.Tensor:
-    """transformers 4.x returns the projected features, 5.x an output object holding them as pooler_output."""
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-class ProjectedCLIP(nn.Module):
-    """A transformers CLIPModel whose get_image_features / get_text_features return the projected embeddings as
-    tensors, as torchmetrics' CLIPScore expects of them (transformers 5 returns output objects)."""
-
-    def __init__(self, clip: nn.Module):
-        super().__init__()
-        self.clip = clip
-        self.config = clip.config
-
-    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _pooled(self.clip.get_image_features(pixel_values=pixel_values))
-
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        return _pooled(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
-
-
-def _model_dir(path: str | os.PathLike, what: str) -> str:
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise UsageError(f"{path}: not a local directory (give the directory {what} was saved to)")
-    return str(directory.resolve())
-
-
-@functools.lru_cache(maxsize=4)
-def _load_clip(directory: str) -> tuple[ProjectedCLIP, Any]:
-    from transformers import CLIPModel, CLIPProcessor
-
-    try:
-        model = CLIPModel.from_pretrained(directory).eval().requires_grad_(False)
-        processor = CLIPProcessor.from_pretrained(directory)
-    except Exception as e:  # noqa: BLE001 - a directory without the files fails in many ways; all mean the same
-        raise UsageError(f"{directory}: not {MODEL_PARAMS['clip_model']} ({first_line(e)}); save both there "
-                         f"(model.save_pretrained and CLIPProcessor.save_pretrained)") from e
-    return ProjectedCLIP(model), processor
-
-
-def load_clip(model_path: str | os.PathLike) -> tuple[ProjectedCLIP, Any]:
-    """The CLIP model (as ProjectedCLIP) and its CLIPProcessor saved in a local directory, loaded once per process;
-    UsageError naming the directory when they are not both there."""
-    return _load_clip(_model_dir(model_path, MODEL_PARAMS["clip_model"]))
-
-
-def clip_score(images: torch.Tensor, prompts: Sequence[str], model_path: str | os.PathLike,
-               device: Device = None) -> float:
-    """torchmetrics' CLIPScore (mean over images of max(100 cos(image, prompt), 0)) with the CLIP in `model_path`, run
-    on `device` (default: the CPU)."""
-    from torchmetrics.multimodal.clip_score import CLIPScore
-
-    if len(prompts) != images.shape[0]:
-        raise ValueError(f"clip_score: {len(prompts)} prompts for {images.shape[0]} images")
-    parts = load_clip(model_path)
-    device = torch.device(device or "cpu")
-    metric = CLIPScore(model_name_or_path=lambda: parts).to(device)  # its state where its scores are computed
-    return float(metric(as_uint8_images(images).to(device), list(prompts)))
-
-
 class CLIPImageFeatures(nn.Module):
     """A CLIP's projected image embeddings [N, D] of uint8 images [N, 3, H, W] (resized to the model's input size,
     normalised as its processor does): FID's `feature=` module. `num_features` = D tells torchmetrics its width."""
@@ -276,7 +206,7 @@ def load_pipeline(task: str, model_path: str | os.PathLike) -> Any:
     """A transformers pipeline for `task` from a local model directory, loaded once per process as make_shards loads
     the models that make condition maps (shards.py: on the GPU when there is one, tried on a blank image first);
     UsageError naming the directory when it holds no such model."""
-    return _load_pipeline(task, _model_dir(model_path, f"a transformers {task} model and its image processor"))
+    return _load_pipeline(task, local_model_dir(model_path, f"a transformers {task} model and its image processor"))
 
 
 def _pil_images(images: torch.Tensor) -> list[Any]:
@@ -567,11 +497,7 @@ class ControllabilityEvaluator(Callback):
     def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """(param, message) for values that cannot work: counts below 1, a negative guidance, and with `check_files`
         model paths that are not local directories."""
-        problems = []
-        for name in ("subset_size", "every_n_val", "steps", "batch_size"):
-            value = params.get(name, 1)
-            if isinstance(value, int) and value < 1:
-                problems.append((name, f"must be >= 1, got {value}"))
+        problems = count_problems(params, ("subset_size", "every_n_val", "steps", "batch_size"))
         tolerance = params.get("canny_tolerance", 0)
         if isinstance(tolerance, int) and tolerance < 0:
             problems.append(("canny_tolerance", f"must be >= 0, got {tolerance}"))
@@ -642,25 +568,14 @@ class ControllabilityEvaluator(Callback):
         self.validations += 1
         if self.validations % self.every_n_val:
             return
-        distributed = trainer.world_size > 1 and dist.is_available() and dist.is_initialized()
-        if not (trainer.is_global_zero or distributed):
-            return
-        result: dict[str, Any] | None = None
-        if trainer.is_global_zero:
+        def evaluate() -> dict[str, float]:
             if self._subset is None:
-                result = {"error": "the validation loader gave no samples to evaluate on"}
-            else:
-                try:
-                    result = {"metrics": self.evaluate(pl_module)}
-                except Exception:  # re-raised below on every rank, so ranks waiting in the broadcast do not hang
-                    if not distributed:
-                        raise
-                    result = {"error": traceback.format_exc()}
-        if distributed:
-            result = trainer.strategy.broadcast(result, src=0)
-        if "error" in result:
-            raise RuntimeError(f"ControllabilityEvaluator failed on rank 0:\n{result['error']}")
-        metrics = result["metrics"]
+                raise RuntimeError("ControllabilityEvaluator: the validation loader gave no samples to evaluate on")
+            return self.evaluate(pl_module)
+
+        metrics = rank_zero_metrics(trainer, evaluate, "ControllabilityEvaluator")
+        if metrics is None:
+            return
         if trainer.is_global_zero:
             self.write(trainer, metrics)
         for name, value in metrics.items():

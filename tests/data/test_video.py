@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from datamodules.synthetic_shapes import BACKGROUNDS, COLORS, moving_shape_clip, paint_shape
-from datamodules.video import (MOTION_LEVELS, VideoDecodeError, decode_frames, frame_count, mean_flow, motion_level,
-                               motion_quantiles, open_video, resize_crop, write_video)
+from datamodules.video import (BOX_COLOUR, MOTION_LEVELS, STRIP_GAP, VideoDecodeError, decode_frames, frame_count,
+                               frame_strip, mean_flow, motion_level, motion_quantiles, open_video, resize_crop,
+                               write_gif, write_png, write_video)
 
 
 def ramp(frames: int = 6, h: int = 16, w: int = 24) -> np.ndarray:
@@ -62,6 +63,77 @@ def test_decode_errors_name_the_file(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- resize and crop
+def pyav_frames(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+@pytest.mark.parametrize("size", [8, 16, 32])
+def test_tiny_clips_read_back_as_mp4_and_gif(tmp_path, size):
+    clip = ramp(frames=5, h=size, w=size)
+    mp4 = pyav_frames(write_video(tmp_path / "c.mp4", clip, fps=8))
+    gif = pyav_frames(write_gif(tmp_path / "c.gif", clip, fps=8))
+    for frames in (mp4, gif):
+        assert len(frames) == 5 and frames[0].shape == (size, size, 3)
+        assert frame_values(frames) == [0, 1, 2, 3, 4]
+    assert np.array_equal(np.stack(gif), clip)  # grey levels are in the GIF palette exactly
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_a_gif_loops_and_plays_as_long_as_its_clip(tmp_path):
+    from PIL import Image
+
+    with Image.open(write_gif(tmp_path / "ramp.gif", ramp(frames=4, h=8, w=8), fps=5)) as im:
+        assert im.n_frames == 4 and im.info["loop"] == 0 and im.info["duration"] == 200
+    with Image.open(write_gif(tmp_path / "still.gif", np.full((4, 8, 8, 3), 90, np.uint8), fps=5)) as im:
+        assert im.n_frames == 1 and im.info["duration"] == 800  # identical frames: stored once, delays summed
+
+
+def test_odd_sizes_are_padded_to_even_in_the_mp4(tmp_path):
+    clip = np.zeros((3, 9, 7, 3), np.uint8)
+    clip[:, 8], clip[:, :, 6] = (200, 200, 200), (90, 90, 90)  # the last row and column, which are repeated
+    frames = np.stack(pyav_frames(write_video(tmp_path / "odd.mp4", clip, fps=8))).astype(int)
+    assert frames.shape == (3, 10, 8, 3)
+    assert np.abs(frames[:, 9, :6] - 200).max() <= 12 and np.abs(frames[:, :8, 7] - 90).max() <= 12
+    assert np.abs(frames[:, :8, :6]).max() <= 12
+
+
+@pytest.mark.parametrize("bad", [np.zeros((0, 8, 8, 3), np.uint8), np.zeros((2, 8, 8), np.uint8),
+                                 np.zeros((2, 8, 8, 3), np.float32)])
+def test_writers_refuse_what_is_not_a_clip(tmp_path, bad):
+    for write in (write_video, write_gif):
+        with pytest.raises(ValueError, match="uint8 \\[T, H, W, 3\\]"):
+            write(tmp_path / "x", bad, fps=8)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_strip_puts_frames_side_by_side_with_their_boxes_outlined(tmp_path):
+    clip = ramp(frames=3, h=8, w=10)
+    boxes = [[0.0, 0.0, 1.0, 1.0], [0.2, 0.25, 0.5, 0.75], [0.95, 0.9, 1.0, 1.0]]
+    strip = frame_strip(clip, boxes)
+    assert strip.shape == (8, 3 * 10 + 2 * STRIP_GAP, 3) and strip.dtype == np.uint8
+    assert np.all(strip[:, 10:10 + STRIP_GAP] == 255)  # the gap
+    second = strip[:, 10 + STRIP_GAP:20 + STRIP_GAP]
+    outline = np.zeros((8, 10), bool)  # x 2..4 (0.2*10 .. ceil(0.5*10)-1), y 2..5 (0.25*8 .. ceil(0.75*8)-1)
+    outline[2:6, 2] = outline[2:6, 4] = outline[2, 2:5] = outline[5, 2:5] = True
+    assert np.all(second[outline] == BOX_COLOUR)
+    assert np.array_equal(second[~outline], clip[1][~outline])  # inside and outside untouched
+    first = strip[:, :10]
+    assert np.all(first[0] == BOX_COLOUR) and np.all(first[:, 9] == BOX_COLOUR)
+    assert np.array_equal(first[1:7, 1:9], clip[0][1:7, 1:9])
+    assert np.all(strip[7, 20 + 2 * STRIP_GAP + 9] == BOX_COLOUR)  # a box at the corner still outlines a pixel
+    assert np.array_equal(frame_strip(clip), np.concatenate(
+        [clip[0], np.full((8, 2, 3), 255, np.uint8), clip[1], np.full((8, 2, 3), 255, np.uint8), clip[2]], axis=1))
+    with pytest.raises(ValueError, match="2 boxes for 3 frames"):
+        frame_strip(clip, boxes[:2])
+    from PIL import Image
+
+    with Image.open(write_png(tmp_path / "strip.png", strip)) as im:
+        assert np.array_equal(np.asarray(im.convert("RGB")), strip)
+
+
 def test_resize_crop_maps_source_pixels_into_the_crop():
     frame = np.zeros((48, 64, 3), np.uint8)
     frame[12:36, 28:36] = 255  # a bar in the middle

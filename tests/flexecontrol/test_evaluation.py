@@ -55,21 +55,9 @@ def gray_canny(image: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, vision_models) -> dict[str, Path]:
     """The package's tiny depth and segmentation models, and a tiny CLIP whose scores are positive and differ."""
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from lightning_modules.clip_pretrain.random_clip import write_scoring_clip
 
-    from lightning_modules.clip_pretrain.random_clip import write_random_clip
-
-    root = tmp_path_factory.mktemp("eval-models")
-    clip_dir = write_random_clip(root / "clip", image_size=SIZE, seed=0)
-    clip = CLIPModel.from_pretrained(clip_dir)
-    with torch.no_grad():
-        clip.vision_model.post_layernorm.bias.fill_(1.0)
-        clip.text_model.final_layer_norm.bias.fill_(1.0)
-        clip.text_projection.weight.copy_(clip.visual_projection.weight)
-    clip.save_pretrained(clip_dir)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE})
-    CLIPProcessor(image_processor=image_processor, tokenizer=CLIPTokenizer.from_pretrained(clip_dir)).save_pretrained(
-        clip_dir)
+    clip_dir = write_scoring_clip(tmp_path_factory.mktemp("eval-models") / "clip", image_size=SIZE, seed=0)
     return {"clip": clip_dir, **vision_models}
 
 
@@ -436,9 +424,9 @@ def distributed_trainer(tmp_path, rank: int, broadcast_result: dict):
 
 
 def test_under_ddp_the_other_ranks_log_what_rank_0_broadcasts_and_write_nothing(tmp_path, monkeypatch):
-    from lightning_modules.flexecontrol import evaluation
+    from callbacks import rank_zero
 
-    monkeypatch.setattr(evaluation.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(rank_zero.dist, "is_initialized", lambda: True)
     evaluator, module = ControllabilityEvaluator(), Recorder()
     trainer = distributed_trainer(tmp_path, 1, {"metrics": {"canny_f1": 0.25, "canny_f1_no_control": 0.5}})
     evaluator.on_validation_batch_end(trainer, module, None, {"caption": ["a x"]}, 0)
