@@ -174,7 +174,7 @@ class CrossAttentionRecorder:
 
     def _record(self, probabilities: torch.Tensor) -> None:
         """Keep [N, K, seq] of the head-averaged probabilities [N, seq, L] at the chosen token indices."""
-        rows, positions, length = probabilities.shape
+        rows, positions, _ = probabilities.shape
         tokens = _token_rows(self.tokens.to(probabilities.device), self.frames, rows, self.name)
         chosen = probabilities.gather(2, tokens[:, None, :].expand(rows, positions, tokens.shape[1]))
         self.store.maps[self.name] = chosen.transpose(1, 2)
