@@ -286,11 +286,16 @@ class DirectionControl:
     so eta is in latent-noise units whatever the gradient's scale (raw gradients of the energy vary by orders of
     magnitude between models and steps). threshold: a sample stops iterating once its E is below it (E is in
     [0, frames]). layers: fnmatch patterns of the spatial cross-attention layers used. strength: the reweight
-    mode's logit shift (+ inside, - outside the box)."""
+    mode's logit shift (+ inside, - outside the box; 2 moved the subject's mass inside from ~0.15 to ~0.65 in a
+    random tiny UNet).
+
+    Cost: one gradient iteration costs about 1.1 guided forwards (measured, tiny UNetMotionModel on a CPU), so
+    gradient mode samples in about 1 + 1.1 * steps * iterations / N the time of N plain steps: the defaults, 10 x 1,
+    in ~1.45x at 25 steps. The reweight mode costs nothing measurable (one forward 1.01x) and nothing after K."""
 
     mode: str = "none"
     steps: int = 10
-    iterations: int = 3
+    iterations: int = 1
     eta: float = 0.3
     eta_schedule: str = "linear"
     normalize_gradient: bool = True
@@ -405,8 +410,9 @@ class GradientGuidance:
 
 def box_logit_bias(boxes: torch.Tensor, batch: int, latent_size: int | Sequence[int], strength: float) -> LogitBias:
     """A `logit_bias` for the core recorder: +strength where a row's frame has its box, -strength elsewhere, on the
-    layer's grid, for rows [B * F] (sample-major frames), or [2 * B * F] under classifier-free guidance ([uncond,
-    cond]: the unconditional half, the empty prompt, is left alone)."""
+    layer's grid. Rows come in blocks of B * F (sample-major frames): one block is the prompt's; with n >= 2 blocks
+    the first is the empty prompt's (classifier-free guidance's unconditional half, diffusers' [uncond, cond] order)
+    and is left alone, the others (the prompt's, under any further condition such as an intensity level) shifted."""
     frames, per_grid = boxes.shape[0], {}
 
     def bias(layer: str, rows: int, positions: int) -> torch.Tensor:
@@ -414,13 +420,14 @@ def box_logit_bias(boxes: torch.Tensor, batch: int, latent_size: int | Sequence[
         if grid not in per_grid:
             per_frame = strength * (2.0 * box_masks(boxes, *grid) - 1.0)  # [F, h, w]
             per_grid[grid] = per_frame.flatten(1).repeat(batch, 1)[:, :, None]  # [B * F, positions, 1]
-        cond = per_grid[grid]
-        if rows == cond.shape[0]:
-            return cond
-        if rows == 2 * cond.shape[0]:
-            return torch.cat([torch.zeros_like(cond), cond])
-        raise ValueError(f"{layer}: the layer sees {rows} rows; boxes for {batch} samples x {frames} frames make "
-                         f"{cond.shape[0]} (or {2 * cond.shape[0]} under guidance)")
+        prompt = per_grid[grid]
+        blocks, rest = divmod(rows, prompt.shape[0])
+        if rest or not blocks:
+            raise ValueError(f"{layer}: the layer sees {rows} rows, not a multiple of the boxes' {batch} samples x "
+                             f"{frames} frames")
+        if blocks == 1:
+            return prompt
+        return torch.cat([torch.zeros_like(prompt), prompt.repeat(blocks - 1, 1, 1)])
 
     return bias
 
@@ -430,8 +437,8 @@ def reweight_attention(unet: nn.Module, layers: Sequence[str], tokens: torch.Ten
                        latent_size: int | Sequence[int], strength: float) -> Iterator[AttentionStore]:
     """Inside the block, forwards of `unet` shift the logits of `tokens` [B, K] by +strength inside each frame's box
     and -strength outside (`box_logit_bias`) in the text cross-attention `layers` name; `boxes` [F, 4] (F frames per
-    sample); `latent_size` (H, W) of the latents. Yields the store recording the shifted maps;
-    the processors come back on exit."""
+    sample); `latent_size` (H, W) of the latents. Yields the store recording the shifted maps; the processors come
+    back on exit."""
     names = direction_layers(unet, layers)
     bias = box_logit_bias(boxes.to(_device_of(unet)), tokens.shape[0], latent_size, strength)
     with record_cross_attention(unet, names, tokens, frames=boxes.shape[0], logit_bias=bias) as store:

@@ -23,6 +23,7 @@ from lightning_modules.mojito.direction import (
     DEFAULT_LAYERS,
     DirectionControl,
     GradientGuidance,
+    box_logit_bias,
     box_masks,
     boxes_from_trajectory,
     check_boxes,
@@ -374,6 +375,22 @@ def test_reweighting_raises_the_mass_inside_the_boxes(unet, inputs):
         assert torch.allclose(shifted_map[:half], plain_map[:half], atol=1e-6)  # the unconditional half untouched
     assert not torch.allclose(shifted_out, plain_out)
     assert all(processors(unet)[name] is processor for name, processor in before.items())
+
+
+def test_the_logit_bias_leaves_the_empty_prompts_rows_alone():
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    bias = box_logit_bias(boxes, 2, (8, 4), 1.5)  # 2 samples x 2 frames; a layer at (4, 2) has 8 positions
+    alone = bias("x", 4, 8)
+    assert alone.shape == (4, 8, 1)
+    masks = box_masks(boxes, 4, 2).flatten(1)
+    assert torch.equal(alone[:, :, 0], (1.5 * (2 * masks - 1)).repeat(2, 1))  # row b * F + f: frame f's box
+    guided = bias("x", 8, 8)
+    assert torch.equal(guided[:4], torch.zeros(4, 8, 1)) and torch.equal(guided[4:], alone)
+    three = bias("x", 12, 8)  # [empty, prompt, prompt with an intensity level]
+    assert torch.equal(three[:4], torch.zeros(4, 8, 1)) and torch.equal(three[4:8], alone)
+    assert torch.equal(three[8:], alone)
+    with pytest.raises(ValueError, match="x: the layer sees 6 rows, not a multiple of the boxes' 2 samples x 2"):
+        bias("x", 6, 8)
 
 
 def test_direction_control_reweights_the_first_k_steps_only(unet, inputs):
