@@ -313,6 +313,18 @@ def test_one_gradient_step_lowers_the_energy(unet, inputs):
     assert all(processors(unet)[name] is processor for name, processor in before.items())
 
 
+def test_a_gradient_step_is_the_same_with_gradient_checkpointing(unet, inputs):
+    latents, t = inputs["latents"], inputs["t"]
+    with torch.no_grad():
+        plain = guidance(unet, inputs)(0, t, latents)
+        unet.enable_gradient_checkpointing()  # a Mojito backbone's default: the backward recomputes the forward
+        try:
+            checkpointed = guidance(unet, inputs)(0, t, latents)
+        finally:
+            unet.disable_gradient_checkpointing()
+    assert torch.allclose(checkpointed, plain, atol=1e-6) and not torch.equal(plain, latents)
+
+
 def test_gradient_guidance_in_the_denoising_loop(unet, inputs):
     before = processors(unet)
     hook = guidance(unet, inputs, steps=2, iterations=2, eta=0.3)
