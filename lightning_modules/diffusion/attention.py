@@ -8,6 +8,12 @@ keeps, per layer, the probabilities of the chosen tokens averaged over heads. Ev
 and every processor is put back on exit. The kept maps are part of the autograd graph: FlexEControl's
 attention-supervision loss and Mojito's layout-guidance energy differentiate them.
 
+Steering: `logit_bias` (optional) adds to the chosen tokens' attention logits before the softmax, per layer and per
+forward: `logit_bias(layer, rows, positions)` returns a bias broadcastable to [rows, positions, K] (the K chosen
+tokens; positions: the layer's image positions, row-major) or None for none this forward. It is what re-weighting
+methods (Mojito's direction control: + inside a box, - outside) are made of; the recorder is the same processor, so
+what it records is the biased attention.
+
 Batches: the attention layer sees N rows -- the batch, 2B under classifier-free guidance ([uncond, cond], the
 tokens' B rows repeated for each half), B * frames in a video UNet (pass `frames`: each sample's rows are repeated
 for its frames, which diffusers folds into the batch sample-major). Maps have those N rows.
@@ -16,7 +22,7 @@ for its frames, which diffusers folds into the batch sample-major). Maps have th
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -87,12 +93,18 @@ def _token_rows(tokens: torch.Tensor, frames: int, rows: int, layer: str) -> tor
     return per_frame.repeat(rows // per_frame.shape[0], 1)
 
 
+LogitBias = Callable[[str, int, int], "torch.Tensor | None"]
+
+
 class CrossAttentionRecorder:
     """An attention processor (diffusers' protocol) with the default processor's output that forms the attention
-    probabilities and keeps those of the chosen tokens, averaged over heads, in `store.maps[name]`."""
+    probabilities and keeps those of the chosen tokens, averaged over heads, in `store.maps[name]`; with a
+    `logit_bias`, the chosen tokens' logits are shifted first (module docstring)."""
 
-    def __init__(self, store: AttentionStore, name: str, tokens: torch.Tensor, frames: int = 1):
+    def __init__(self, store: AttentionStore, name: str, tokens: torch.Tensor, frames: int = 1,
+                 logit_bias: LogitBias | None = None):
         self.store, self.name, self.tokens, self.frames = store, name, tokens, frames
+        self.logit_bias = logit_bias
         self._checked_length: int | None = None
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -124,6 +136,10 @@ class CrossAttentionRecorder:
             key = attn.norm_k(key)
         # [B * heads, seq, L], batch-major as Attention.head_to_batch_dim lays it out
         query, key, value = (x.reshape(batch_size * attn.heads, -1, head_dim) for x in (query, key, value))
+        self._check_length(key.shape[1])
+        if self.logit_bias is not None:
+            attention_mask = self._biased_mask(attention_mask, batch_size, query.shape[1], key.shape[1], attn.heads,
+                                               query)
         probabilities = attn.get_attention_scores(query, key, attention_mask)
         self._record(probabilities.view(batch_size, attn.heads, *probabilities.shape[1:]).mean(dim=1))
         hidden_states = attn.batch_to_head_dim(torch.bmm(probabilities, value))
@@ -135,14 +151,30 @@ class CrossAttentionRecorder:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _record(self, probabilities: torch.Tensor) -> None:
-        """Keep [N, K, seq] of the head-averaged probabilities [N, seq, L] at the chosen token indices."""
-        rows, positions, length = probabilities.shape
+    def _check_length(self, length: int) -> None:
         if self._checked_length != length:  # once per layer: the check reads the tokens back from the device
             largest = int(self.tokens.max())
             if largest >= length:
                 raise ValueError(f"{self.name}: token index {largest} is past the text's {length} tokens")
             self._checked_length = length
+
+    def _biased_mask(self, attention_mask: torch.Tensor | None, rows: int, positions: int, length: int, heads: int,
+                     query: torch.Tensor) -> torch.Tensor | None:
+        """The additive mask get_attention_scores takes, [rows * heads, positions, L], with `logit_bias` added at the
+        chosen tokens' columns (the padding mask, if any, kept)."""
+        bias = self.logit_bias(self.name, rows, positions)
+        if bias is None:
+            return attention_mask
+        tokens = _token_rows(self.tokens.to(query.device), self.frames, rows, self.name)
+        chosen = tokens[:, None, :].expand(rows, positions, tokens.shape[1])
+        full = torch.zeros(rows, positions, length, dtype=query.dtype, device=query.device)
+        full.scatter_add_(2, chosen, torch.broadcast_to(bias.to(device=query.device, dtype=query.dtype), chosen.shape))
+        full = full.repeat_interleave(heads, dim=0)  # row b, head h at b * heads + h, as the query is laid out
+        return full if attention_mask is None else attention_mask + full
+
+    def _record(self, probabilities: torch.Tensor) -> None:
+        """Keep [N, K, seq] of the head-averaged probabilities [N, seq, L] at the chosen token indices."""
+        rows, positions, _ = probabilities.shape
         tokens = _token_rows(self.tokens.to(probabilities.device), self.frames, rows, self.name)
         chosen = probabilities.gather(2, tokens[:, None, :].expand(rows, positions, tokens.shape[1]))
         self.store.maps[self.name] = chosen.transpose(1, 2)
@@ -165,12 +197,13 @@ def matching_layers(model: nn.Module, layers: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def record_cross_attention(model: nn.Module, layers: Sequence[str], tokens: torch.Tensor, *,
-                           frames: int = 1) -> Iterator[AttentionStore]:
+def record_cross_attention(model: nn.Module, layers: Sequence[str], tokens: torch.Tensor, *, frames: int = 1,
+                           logit_bias: LogitBias | None = None) -> Iterator[AttentionStore]:
     """Inside the block, forwards of `model` record the cross-attention maps of `tokens` [B, K] (indices into the
     text sequence, per sample) at the named `layers` into the yielded AttentionStore. `frames`: frames per sample
-    in a video UNet. With gradient checkpointing, run the backward pass inside the block too (the recomputed
-    forward must use the same processors)."""
+    in a video UNet. `logit_bias`: shifts those tokens' logits first (module docstring). With gradient
+    checkpointing, run the backward pass inside the block too (the recomputed forward must use the same
+    processors)."""
     if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point() or tokens.is_complex():
         raise ValueError("tokens must be an integer tensor [B, K] of indices into the text sequence")
     if tokens.numel() == 0:
@@ -185,7 +218,7 @@ def record_cross_attention(model: nn.Module, layers: Sequence[str], tokens: torc
     previous = {name: modules[name].processor for name in names}
     try:
         for name in names:
-            modules[name].set_processor(CrossAttentionRecorder(store, name, tokens, frames))
+            modules[name].set_processor(CrossAttentionRecorder(store, name, tokens, frames, logit_bias))
         yield store
     finally:
         for name, processor in previous.items():

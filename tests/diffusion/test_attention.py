@@ -232,3 +232,51 @@ def test_an_encoder_attention_mask_is_applied_as_the_default_processor_applies_i
     maps = store.maps[DOWN]
     assert float(maps[0, 1].abs().max()) == 0.0 and float(maps[1, 1].abs().max()) == 0.0
     assert float(maps[0, 0].min()) > 0 and float(maps[1, 0].min()) > 0
+
+
+def test_a_logit_bias_shifts_the_chosen_tokens_logits_before_the_softmax(unet, batch):
+    sample, t, context = batch
+    attn = dict(unet.named_modules())[DOWN]
+    seen, asked = {}, []
+    hook = attn.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(hidden=args[0], context=kwargs["encoder_hidden_states"]),
+        with_kwargs=True)
+
+    def bias(layer, rows, positions):  # a ramp over the image positions, different for the two chosen tokens
+        asked.append((layer, rows, positions))
+        return torch.linspace(-2, 2, positions)[None, :, None] * torch.tensor([1.0, -0.5])
+
+    try:
+        with torch.no_grad(), record_cross_attention(unet, [DOWN], TOKENS, logit_bias=bias) as store:
+            biased = unet(sample, t, context).sample
+    finally:
+        hook.remove()
+    assert asked == [(DOWN, 2, 256)]
+    with torch.no_grad():
+        query, key = attn.to_q(seen["hidden"]), attn.to_k(seen["context"])
+        b, n, _ = query.shape
+        query = query.view(b, n, attn.heads, -1).transpose(1, 2)
+        key = key.view(b, key.shape[1], attn.heads, -1).transpose(1, 2)
+        logits = query @ key.transpose(-1, -2) / query.shape[-1] ** 0.5  # [B, heads, seq, L]
+        for i in range(b):
+            logits[i][..., TOKENS[i]] += bias(DOWN, b, n)[0]
+        probabilities = torch.softmax(logits, dim=-1).mean(dim=1)
+        reference = unet(sample, t, context).sample
+    by_hand = torch.stack([probabilities[i][:, TOKENS[i]].T for i in range(b)])
+    assert torch.allclose(store.maps[DOWN], by_hand, atol=1e-6)
+    assert not torch.allclose(biased, reference, atol=1e-4)  # the output follows the biased attention
+
+
+def test_a_logit_bias_of_none_leaves_the_forward_as_it_was_and_keeps_the_padding_mask(unet, batch):
+    sample, t, context = batch
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]])
+    tokens = torch.tensor([[1, 4], [2, 5]])  # token 4 of row 0 and token 5 of row 1 are padding
+    with torch.no_grad():
+        reference = unet(sample, t, context, encoder_attention_mask=mask).sample
+        with record_cross_attention(unet, ["*"], tokens, logit_bias=lambda *_: None):
+            unbiased = unet(sample, t, context, encoder_attention_mask=mask).sample
+        with record_cross_attention(unet, [DOWN], tokens, logit_bias=lambda *_: torch.tensor(5.0)) as store:
+            unet(sample, t, context, encoder_attention_mask=mask)
+    assert torch.allclose(unbiased, reference, atol=1e-5)
+    assert float(store.maps[DOWN][0, 1].max()) == 0.0 and float(store.maps[DOWN][1, 1].max()) == 0.0
+    assert float(store.maps[DOWN][0, 0].min()) > 0.5  # +5 on a token of 6 makes it take most of the mass
