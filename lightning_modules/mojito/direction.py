@@ -408,11 +408,13 @@ class GradientGuidance:
 # --- reweight mode -------------------------------------------------------------------------------------------------
 
 
-def box_logit_bias(boxes: torch.Tensor, batch: int, latent_size: int | Sequence[int], strength: float) -> LogitBias:
+def box_logit_bias(boxes: torch.Tensor, batch: int, latent_size: int | Sequence[int], strength: float,
+                   unconditional_first: bool = True) -> LogitBias:
     """A `logit_bias` for the core recorder: +strength where a row's frame has its box, -strength elsewhere, on the
     layer's grid. Rows come in blocks of B * F (sample-major frames): one block is the prompt's; with n >= 2 blocks
     the first is the empty prompt's (classifier-free guidance's unconditional half, diffusers' [uncond, cond] order)
-    and is left alone, the others (the prompt's, under any further condition such as an intensity level) shifted."""
+    and is left alone, the others (the prompt's, under any further condition such as an intensity level) shifted;
+    `unconditional_first=False` (a batch without the empty prompt's block) shifts every block."""
     frames, per_grid = boxes.shape[0], {}
 
     def bias(layer: str, rows: int, positions: int) -> torch.Tensor:
@@ -425,8 +427,8 @@ def box_logit_bias(boxes: torch.Tensor, batch: int, latent_size: int | Sequence[
         if rest or not blocks:
             raise ValueError(f"{layer}: the layer sees {rows} rows, not a multiple of the boxes' {batch} samples x "
                              f"{frames} frames")
-        if blocks == 1:
-            return prompt
+        if blocks == 1 or not unconditional_first:
+            return prompt.repeat(blocks, 1, 1)
         return torch.cat([torch.zeros_like(prompt), prompt.repeat(blocks - 1, 1, 1)])
 
     return bias
@@ -434,13 +436,14 @@ def box_logit_bias(boxes: torch.Tensor, batch: int, latent_size: int | Sequence[
 
 @contextmanager
 def reweight_attention(unet: nn.Module, layers: Sequence[str], tokens: torch.Tensor, boxes: torch.Tensor, *,
-                       latent_size: int | Sequence[int], strength: float) -> Iterator[AttentionStore]:
+                       latent_size: int | Sequence[int], strength: float,
+                       unconditional_first: bool = True) -> Iterator[AttentionStore]:
     """Inside the block, forwards of `unet` shift the logits of `tokens` [B, K] by +strength inside each frame's box
     and -strength outside (`box_logit_bias`) in the text cross-attention `layers` name; `boxes` [F, 4] (F frames per
-    sample); `latent_size` (H, W) of the latents. Yields the store recording the shifted maps; the processors come
-    back on exit."""
+    sample); `latent_size` (H, W) of the latents; `unconditional_first` as for box_logit_bias. Yields the store
+    recording the shifted maps; the processors come back on exit."""
     names = direction_layers(unet, layers)
-    bias = box_logit_bias(boxes.to(_device_of(unet)), tokens.shape[0], latent_size, strength)
+    bias = box_logit_bias(boxes.to(_device_of(unet)), tokens.shape[0], latent_size, strength, unconditional_first)
     with record_cross_attention(unet, names, tokens, frames=boxes.shape[0], logit_bias=bias) as store:
         yield store
 
@@ -451,9 +454,10 @@ def reweight_attention(unet: nn.Module, layers: Sequence[str], tokens: torch.Ten
 @contextmanager
 def direction_control(control: DirectionControl, unet: nn.Module, *, tokens: torch.Tensor, boxes: torch.Tensor,
                       latent_size: int | Sequence[int], model_fn: ModelFn, context: Any,
-                      scheduler: Any) -> Iterator[StepHook | None]:
+                      scheduler: Any, unconditional_first: bool = True) -> Iterator[StepHook | None]:
     """The step hook to give `denoise` for `control.mode` (None for "none"); `context`: the conditional context
-    (GradientGuidance). Reweight mode shifts the logits while the block runs and `denoise` is in its first
+    (GradientGuidance); `unconditional_first`: whether the model's batches open with the empty prompt's block
+    (box_logit_bias). Reweight mode shifts the logits while the block runs and `denoise` is in its first
     control.steps steps; from step K on its hook restores the default processors (no cost after K); every processor
     is back on exit."""
     control.check()
@@ -465,7 +469,8 @@ def direction_control(control: DirectionControl, unet: nn.Module, *, tokens: tor
     else:
         with ExitStack() as reweighting:
             reweighting.enter_context(reweight_attention(unet, control.layers, tokens, boxes, latent_size=latent_size,
-                                                         strength=control.strength))
+                                                         strength=control.strength,
+                                                         unconditional_first=unconditional_first))
 
             def release_after_k(step: int, t: torch.Tensor, latents: torch.Tensor) -> None:
                 if step >= control.steps:

@@ -12,6 +12,7 @@ generator seeded by (seed, step, rank): a resumed run draws what the uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from lightning_modules.diffusion import (decode_videos, denoise, diffusion_loss,
                                          training_target)
 from lightning_modules.diffusion.sampling import scheduler_class_problem
 from lightning_modules.learned_weights import LearnedWeightsOnly
+from lightning_modules.mojito.direction import DirectionControl, direction_control, subject_token_indices
 from lightning_modules.mojito.backbone import (DEFAULT_LORA_TARGETS, add_lora, lora_parameter_names,
                                                motion_adapter_problem, temporal_parameter_names, trainable_set_problems,
                                                video_unet, video_unet_forward)
@@ -98,7 +100,8 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
                  intensity_dropout: float = 0.1, prompt_dropout: float = 0.1, lr: float = 1e-4,
                  weight_decay: float = 1e-2, warmup_steps: int = 0, snr_gamma: float | None = None,
                  gradient_checkpointing: bool = True, vae_chunk: int = 16,
-                 sampling: Annotated[dict[str, Any], KwargsOf(SamplingSettings)] | None = None, seed: int = 0):
+                 sampling: Annotated[dict[str, Any], KwargsOf(SamplingSettings)] | None = None,
+                 direction: Annotated[dict[str, Any], KwargsOf(DirectionControl)] | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         trainable = list(trainable if trainable is not None else ["intensity"])
@@ -111,6 +114,7 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
                 problems.append(("motion_adapter", problem))
         self.lora_settings = _settings(LoraSettings, lora, "lora", problems) if lora else None
         self.sampling = _settings(SamplingSettings, sampling, "sampling", problems)
+        self.direction = _settings(DirectionControl, direction, "direction", problems)
         raise_param_problems(problems)
         parts = load_diffusion_parts(**base)
         try:
@@ -249,14 +253,23 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
         raise_param_problems(settings.problems())
         return settings
 
+    def initial_noise(self, batch: int, frames: int, generator: torch.Generator | None) -> torch.Tensor:
+        side = self.resolution() // latent_scale_factor(self.vae)
+        shape = (batch, self.unet.config.in_channels, frames, side, side)
+        return torch.randn(shape, generator=generator).to(self.device, self.unet.dtype)
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], *, levels: Sequence[int | None] | None = None,
-                 generator: torch.Generator | None = None, step_hook: StepHook | None = None,
-                 **overrides: Any) -> torch.Tensor:
+                 boxes: torch.Tensor | None = None, subject: str | None = None,
+                 direction: DirectionControl | None = None, noise: torch.Tensor | None = None,
+                 generator: torch.Generator | None = None, **overrides: Any) -> torch.Tensor:
         """Videos [B, F, 3, H, W] in [-1, 1] for `prompts`, each at its intensity level (None: no intensity).
+
         Guidance over the prompt (`guidance`) and, where a level is asked for, over the intensity
-        (`intensity_guidance`, intensity.py). `step_hook(i, t, latents)` runs before each denoising step and may
-        return new latents (direction control). `overrides`: SamplingSettings fields for this call."""
+        (`intensity_guidance`, intensity.py). With `boxes` [F, 4] (normalised, one per frame) and `subject` (words of
+        every prompt), direction control (direction.py) steers the subject into the boxes with `direction` (default:
+        the configured one; its mode "none" samples without control). `noise`: the initial latents [B, C, F, h, w]
+        (default: drawn from `generator`). `overrides`: SamplingSettings fields for this call."""
         settings = self.settings(**overrides)
         batch = len(prompts)
         levels = list(levels) if levels is not None else [None] * batch
@@ -264,6 +277,8 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
             raise ValueError(f"{len(levels)} levels for {batch} prompts")
         if any(level is not None for level in levels) and self.intensity is None:
             raise ValueError("this model has no intensity input (intensity_dim: null); ask for no level")
+        if (boxes is None) != (subject is None):
+            raise ValueError("direction control needs both boxes and the subject's words")
         requested = torch.tensor([NONE if level is None else level for level in levels], dtype=torch.int64)
         name = settings.scheduler or type(self.noise_scheduler).__name__
         schedule = scheduler_from_name(name, self.noise_scheduler.config)
@@ -272,14 +287,14 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
         none = torch.full((batch,), NONE, dtype=torch.int64)
         use_intensity = bool((requested != NONE).any()) and settings.intensity_guidance > 0
         use_text = settings.guidance != 1
-        side = self.resolution() // latent_scale_factor(self.vae)
-        shape = (batch, self.unet.config.in_channels, settings.frames, side, side)
-        latents = torch.randn(shape, generator=generator).to(self.device, self.unet.dtype)
+        latents = noise.to(self.device, self.unet.dtype) if noise is not None else \
+            self.initial_noise(batch, settings.frames, generator)
+        # the branches of one UNet call: [empty prompt] (prompt guidance), text, [text at the level] (intensity)
+        branches = ([(empty, none)] if use_text else []) + [(text, none)] + (
+            [(text, requested)] if use_intensity else [])
 
         def model_fn(x: torch.Tensor, t: torch.Tensor, _: Any) -> torch.Tensor:
             timesteps = t.expand(batch).to(self.device)
-            branches = [(empty, none)] if use_text else []
-            branches += [(text, none)] + ([(text, requested)] if use_intensity else [])
             predictions = self.predict(torch.cat([x] * len(branches)), timesteps.repeat(len(branches)),
                                        torch.cat([c for c, _ in branches]), torch.cat([lv for _, lv in branches]))
             parts = list(predictions.chunk(len(branches)))
@@ -291,11 +306,69 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
             return intensity_guided(uncond, with_text, with_level, settings.guidance,
                                     settings.intensity_guidance if use_intensity else 0.0)
 
+        def conditional_fn(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+            """The forward direction control steers: the prompt at the requested level."""
+            return self.predict(x, t.expand(x.shape[0]).to(self.device), context, requested)
+
+        control = direction or self.direction
+        steering = control.mode != "none" and boxes is not None
         was_training = self.unet.training
         self.unet.eval()
         try:
-            latents = denoise(model_fn, schedule, latents, num_steps=settings.steps, guidance_scale=1.0, context=text,
-                              step_hook=step_hook, generator=generator)
+            with contextlib.ExitStack() as stack:
+                hook = None
+                if steering:
+                    tokens = torch.tensor([subject_token_indices(self.tokenizer, p, subject) for p in prompts])
+                    hook = stack.enter_context(direction_control(
+                        control, self.unet, tokens=tokens, boxes=boxes, latent_size=tuple(latents.shape[-2:]),
+                        model_fn=conditional_fn, context=text, scheduler=schedule,
+                        unconditional_first=use_text))
+                latents = denoise(model_fn, schedule, latents, num_steps=settings.steps, guidance_scale=1.0,
+                                  context=text, step_hook=hook, generator=generator)
         finally:
             self.unet.train(was_training)
         return decode_videos(self.vae, latents, chunk=self.hparams.vae_chunk).clamp(-1, 1)
+
+    @torch.no_grad()
+    def generate_videos(self, prompts: Sequence[str], *, levels: Sequence[int | None] | None = None,
+                        boxes: Sequence[torch.Tensor | None] | None = None,
+                        subjects: Sequence[str | None] | None = None,
+                        seed: int = 0, steps: int | None = None, frames: int | None = None) -> torch.Tensor:
+        """Videos [B, F, 3, H, W] in [0, 1], every one from the same initial noise (drawn with `seed`), so that videos
+        of one call differ only by what was asked: prompt, level (None: none), and direction control where a prompt
+        has boxes [F, 4] and a subject (the evaluators' and the demo's entry)."""
+        count = len(prompts)
+        levels = list(levels) if levels is not None else [None] * count
+        boxes = list(boxes) if boxes is not None else [None] * count
+        subjects = list(subjects) if subjects is not None else [None] * count
+        if not len(levels) == len(boxes) == len(subjects) == count:
+            raise ValueError(f"{count} prompts need as many levels, boxes and subjects")
+        settings = self.settings(steps=steps, frames=frames)
+        noise = self.initial_noise(1, settings.frames, torch.Generator().manual_seed(seed))
+        videos: list[torch.Tensor | None] = [None] * count
+        plain = [i for i in range(count) if boxes[i] is None or subjects[i] is None]
+        groups = [plain] if plain else []
+        groups += [[i] for i in range(count) if i not in plain]  # each its own boxes
+        for group in groups:
+            first = group[0]
+            steer = first not in plain
+            out = self.generate([prompts[i] for i in group], levels=[levels[i] for i in group],
+                                boxes=boxes[first] if steer else None, subject=subjects[first] if steer else None,
+                                noise=noise.expand(len(group), *noise.shape[1:]).clone(),
+                                generator=torch.Generator().manual_seed(seed), steps=settings.steps,
+                                frames=settings.frames)
+            for i, video in zip(group, out):
+                videos[i] = video
+        return ((torch.stack(videos).float() + 1) / 2).clamp(0, 1)
+
+    @torch.no_grad()
+    def video_rows(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Rows of videos [N, F, 3, H, W] in [0, 1] for the video logger (callbacks/video_logger.py): `samples`
+        (from the captions at the batch's levels, same noise for all) and `target` (the batch's clips)."""
+        levels = [int(level) or None for level in torch.as_tensor(batch["level"]).tolist()]
+        if self.intensity is None:
+            levels = [None] * len(levels)
+        frames = int(batch["video"].shape[1])
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        samples = self.generate_videos(list(batch["caption"]), levels=levels, seed=seed, frames=frames)
+        return {"samples": samples.cpu(), "target": ((batch["video"].float().cpu() + 1) / 2).clamp(0, 1)}
