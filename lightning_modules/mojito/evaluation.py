@@ -25,7 +25,8 @@ A prompt set entry (from a config): `{prompt, subject, colour, trajectory, box_s
 trajectory ("x,y x,y ...", box centres in [0, 1], or a list of [x, y]) needs the subject's words (in the prompt) and
 a way to find the subject: its `colour` (a datamodules/synthetic_shapes.COLORS name or [r, g, b]) or the
 evaluator's detector. The trajectory becomes per-frame boxes of `box_size` (width, or [width, height]; default
-0.25) centred on it, equal time per segment, shifted (not shrunk) into the image (`trajectory_boxes`).
+0.25) centred on it at constant speed along the path, shifted (not shrunk) into the image
+(direction.boxes_from_trajectory, the boxes sampling steers to).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from callbacks.rank_zero import rank_zero_metrics
 from datamodules.errors import UsageError, count_problems, did_you_mean, raise_param_problems
 from datamodules.synthetic_shapes import COLORS
 from datamodules.video import MOTION_LEVELS, mean_flow
+from lightning_modules.mojito.direction import boxes_from_trajectory
 from lightning_modules.clip_similarity import (CLIP_WHAT, Device, clip_frame_similarity, load_model_and_processor,
                                                local_model_dir)
 
@@ -197,23 +199,6 @@ def trajectory_fidelity(target: torch.Tensor, found: torch.Tensor, found_mask: t
     return {"iou": float(iou.mean()), "centroid_distance": float(distance.mean())}
 
 
-def trajectory_boxes(points: Sequence[Sequence[float]], box_size: float | Sequence[float],
-                     frames: int) -> torch.Tensor:
-    """[frames, 4]: boxes of `box_size` (w, or (w, h)) centred on the path through `points` (x, y in [0, 1]),
-    piecewise linear with equal time per segment (frame 0 at the first point, the last frame at the last), each
-    shifted into [0, 1] without being shrunk. One point: a still box."""
-    points_t = torch.tensor([[float(x), float(y)] for x, y in points], dtype=torch.float32)
-    w, h = (float(box_size),) * 2 if isinstance(box_size, (int, float)) else (float(v) for v in box_size)
-    position = torch.linspace(0, len(points_t) - 1, frames) if frames > 1 else torch.zeros(1)
-    segment = position.floor().long().clamp(max=max(len(points_t) - 2, 0))
-    fraction = (position - segment)[:, None]
-    after = (segment + 1).clamp(max=len(points_t) - 1)
-    centres = points_t[segment] * (1 - fraction) + points_t[after] * fraction
-    half = torch.tensor([w / 2, h / 2])
-    centres = torch.minimum(torch.maximum(centres, half), 1 - half)  # shift, never shrink
-    return torch.cat([centres - half, centres + half], dim=1)
-
-
 # ---------------------------------------------------------------------------------------------------- prompt set
 @dataclass(frozen=True)
 class MotionPrompt:
@@ -356,7 +341,7 @@ def evaluate_motion(module: Any, prompt_set: Sequence[Mapping[str, Any] | Motion
     out.update({f"flow_level_{level}": float(np.mean(values)) for level, values in by_level.items()})
     steered = [entry for entry in entries if entry.points is not None]
     if steered:
-        targets = [trajectory_boxes(entry.points, entry.box_size, frames) for entry in steered]
+        targets = [boxes_from_trajectory(entry.points, entry.box_size, frames) for entry in steered]
         scores: dict[str, list[dict[str, float]]] = {"": [], UNCONTROLLED: []}
         for s in range(seed, seed + seeds):
             for suffix, control in (("", True), (UNCONTROLLED, False)):
@@ -462,5 +447,5 @@ class MotionEvaluator(Callback):
 
 
 __all__ = ["MotionEvaluator", "MotionPrompt", "box_iou", "evaluate_motion", "intensity_fidelity", "load_detector",
-           "locate_by_colour", "locate_by_detector", "measured_flows", "parse_prompt_set", "trajectory_boxes",
+           "locate_by_colour", "locate_by_detector", "measured_flows", "parse_prompt_set",
            "trajectory_fidelity"]

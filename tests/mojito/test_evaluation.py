@@ -17,7 +17,7 @@ from datamodules.errors import ParamError, UsageError
 from datamodules.synthetic_shapes import COLORS
 from lightning_modules.mojito.evaluation import (MISSING_DISTANCE, MotionEvaluator, evaluate_motion,
                                                  intensity_fidelity, locate_by_colour, locate_by_detector,
-                                                 parse_prompt_set, trajectory_boxes, trajectory_fidelity)
+                                                 parse_prompt_set, trajectory_fidelity)
 
 SIZE, FRAMES, SIDE = 32, 6, 6
 RED = np.array(COLORS["red"]) / 255
@@ -92,15 +92,6 @@ def test_locate_by_colour_finds_the_drawn_square():
     tensor_video = torch.from_numpy(video).permute(0, 3, 1, 2).float() / 255  # generate_videos' layout
     boxes, found = locate_by_colour(tensor_video, COLORS["red"], tolerance=10)
     assert torch.allclose(boxes[0], torch.tensor([0.2, 0.2, 0.5, 0.4]))
-
-
-def test_trajectory_boxes_equal_time_per_segment_shifted_inside():
-    boxes = trajectory_boxes([(0.0, 0.5), (0.5, 0.5), (0.5, 1.0)], 0.2, 5)
-    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
-    assert torch.allclose(centres, torch.tensor([[0.1, 0.5], [0.25, 0.5], [0.5, 0.5], [0.5, 0.75], [0.5, 0.9]]))
-    assert torch.allclose(boxes[:, 2:] - boxes[:, :2], torch.full((5, 2), 0.2))  # shifted, not shrunk
-    still = trajectory_boxes([(0.5, 0.5)], (0.2, 0.4), 3)
-    assert torch.allclose(still, torch.tensor([[0.4, 0.3, 0.6, 0.7]] * 3))
 
 
 def test_prompt_set_problems_are_reported_together():
