@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ROOT := runs
 
-.PHONY: demo demo-flexecontrol test setup system-deps clean
+.PHONY: demo demo-cpl demo-flexecontrol test setup system-deps clean
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,13 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 system-deps:
 	bash tests/install_slurm.sh
 
-# CPL vs CoOp vs CoCoOp vs zero-shot CLIP on a synthetic base-to-new task (the tiny CLIP is cached in runs/demo-cpl/cache)
+# Mojito: a tiny text-to-video model (pretrained once, cached in runs/demo/cache) gets a motion-intensity input trained
+# with launch/fit.py, then samples at intensity levels 1..5 and along a trajectory with and without direction control
 demo: setup
+	$(BIN)/python -m lightning_modules.mojito.demo --root $(DEMO_ROOT)/demo
+
+# CPL vs CoOp vs CoCoOp vs zero-shot CLIP on a synthetic base-to-new task (the tiny CLIP is cached in runs/demo-cpl/cache)
+demo-cpl: setup
 	$(BIN)/python -m lightning_modules.cpl.demo --root $(DEMO_ROOT)/demo-cpl
 
 # ControlNet vs Uni-ControlNet vs FlexEControl controlling a tiny text-to-image model on synthetic shapes (the base is

@@ -1,4 +1,4 @@
-"""The CPL demo (`make demo`) end to end: a tiny CLIP pretrained here, then zero-shot vs CoOp vs CoCoOp vs CPL; and,
+"""The CPL demo (`make demo-cpl`) end to end: a tiny CLIP pretrained here, then zero-shot vs CoOp vs CoCoOp vs CPL; and,
 faster, that configs/demo/cpl.yaml runs as shipped on what the demo prepares."""
 
 from __future__ import annotations
