@@ -31,6 +31,8 @@ from a trajectory of box centres; the --direction-* flags override the checkpoin
 mode "none" becomes gradient when boxes are given (`--direction-mode none`: no control, the boxes still drawn).
 Frames, steps and guidance default to the model's `sampling` settings. Writes per video `out/sample_000.mp4`,
 `sample_000.gif` and `sample_000.png` (its frames side by side, each with its target box when boxes are given).
+E.g. `python launch/sample.py --config configs/mojito/demo.yaml --checkpoint CKPT --prompt "a red ball rolling on
+grass" --intensity 4 --trajectory "0.1,0.5 0.9,0.5" --box-size 0.2 --subject "red ball" --out samples`.
 
 Everything is written at once: in a temporary directory renamed to `out`. Every input is checked before anything is
 generated, what the command line alone shows before anything is read; a bad one ends with one line and exit code 2,
@@ -66,7 +68,7 @@ IMAGE_OPTIONS = {"export": "--export", "condition": "--condition", "strength": "
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="a Lightning checkpoint of a run (e.g. checkpoints/last.ckpt)")
     model.add_argument("--export", help="an image model's export directory, written by launch/export.py")
