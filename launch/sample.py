@@ -473,8 +473,7 @@ def run_videos(args: argparse.Namespace, source: Source, problems: list[str]) ->
         raise UsageError([f"{PROG}: {line}" for line in found])
     videos = video_sampling.generate(module, request)
     video_sampling.write_videos(source.out, videos, request.boxes, request.fps)
-    print(f"wrote {len(videos)} video(s) ({', '.join(n.format(0)[-3:] for n in video_sampling.FILE_NAMES)} each) "
-          f"to {source.out}")
+    print(f"wrote {len(videos)} video(s) (mp4, gif and png strip each) to {source.out}")
     return 0
 
 

@@ -127,7 +127,7 @@ def test_the_same_seed_gives_the_same_video_and_another_seed_another(setup, plai
         code, err, printed = run_main(sample_cli, video_args(setup, out, "--intensity", 3, "--num-videos", 2,
                                                              "--seed", seed), capsys)
         assert code == 0, err
-        assert printed.strip() == f"wrote 2 video(s) (mp4, gif, png each) to {out}"
+        assert printed.strip() == f"wrote 2 video(s) (mp4, gif and png strip each) to {out}"
         assert np.array_equal(pixels(out / "sample_000.png"), pixels(plain / "sample_000.png")) == same
 
 
