@@ -37,7 +37,8 @@ INFERENCE_MODULE = "inference"  # the module of a method's package that offers e
 
 def parse_args(argv: Sequence[str] | None):
     parser = cli.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, help="a Lightning checkpoint (e.g. a run's checkpoints/last.ckpt)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="a Lightning checkpoint (e.g. a run's checkpoints/last.ckpt)")
     parser.add_argument("--out", required=True, help="the export directory to write (must not exist, or be empty)")
     parser.add_argument("--base", help="where the checkpoint's base model lies on this machine, when not where the "
                                        "checkpoint says (a diffusers pipeline directory)")
@@ -47,9 +48,9 @@ def parse_args(argv: Sequence[str] | None):
     return parser.parse_args(argv)
 
 
-def read_model_target(checkpoint_path: Path, prog: str = PROG) -> str | None:
-    """The checkpoint's `model_target`, or None when it names none; UsageError when the file is no checkpoint. The
-    file is memory-mapped: only its pickled metadata is read, not the tensors."""
+def read_checkpoint_header(checkpoint_path: Path, prog: str = PROG) -> dict[str, Any]:
+    """A Lightning checkpoint as a dict, memory-mapped: its pickled metadata (model_target, hyper-parameters) is read,
+    not its tensors; UsageError when the file is no checkpoint."""
     import torch
 
     if not checkpoint_path.is_file():
@@ -62,8 +63,18 @@ def read_model_target(checkpoint_path: Path, prog: str = PROG) -> str | None:
         raise UsageError(f"{prog}: {checkpoint_path}: not a readable checkpoint ({first_line(error)})") from error
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise UsageError(f"{prog}: {checkpoint_path}: not a Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def model_target_of(checkpoint: dict[str, Any]) -> str | None:
+    """The `model_target` a checkpoint names (callbacks/model_target.py), or None."""
     target = checkpoint.get("model_target")
     return target if isinstance(target, str) and target else None
+
+
+def read_model_target(checkpoint_path: Path, prog: str = PROG) -> str | None:
+    """The checkpoint's `model_target`, or None when it names none; UsageError when the file is no checkpoint."""
+    return model_target_of(read_checkpoint_header(checkpoint_path, prog))
 
 
 def method_inference(model_target: str, functions: Sequence[str], prog: str = PROG) -> Any:

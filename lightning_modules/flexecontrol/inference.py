@@ -45,6 +45,7 @@ EXPORT_FORMAT = 1
 CONTROL_CLASSES: dict[str, type] = {"flexecontrol": FlexEControlBranch, "uni_controlnet": UniControlNetAdapter,
                                     "controlnet": ControlNetModel}
 MODULE_TARGET = module_target(FlexEControlModule)
+OUTPUT = "images"  # what launch/sample.py makes with this method: images, from condition maps
 
 
 # -- checkpoints (lightning_modules/checkpoint_loading.py, for this module class) ----------------------------------
