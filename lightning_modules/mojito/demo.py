@@ -52,7 +52,7 @@ def prepare(root: Path, seed: int, pretrain_steps: int, num_train: int) -> dict[
     from lightning_modules.mojito.shards import write_synthetic_motion_shards
 
     cache = root / "cache"
-    entry = ensure_tiny_text_to_video(cache / "tiny-t2v", image_size=IMAGE_SIZE, frames=FRAMES,
+    entry = ensure_tiny_text_to_video(cache / "tiny-t2v", image_size=IMAGE_SIZE, frames=FRAMES, num_train=num_train,
                                       max_steps=pretrain_steps, seed=seed)
     base = atomic_symlink(cache / "tiny-t2v" / "current", entry.name)
     data = root / f"data-size{IMAGE_SIZE}-frames{FRAMES}-train{num_train}-seed{seed}"
@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--steps", type=int, default=200, help="training steps of the intensity modulator")
     parser.add_argument("--pretrain-steps", type=int, default=900, help="steps of the tiny base's pretraining")
-    parser.add_argument("--num-train", type=int, default=1000, help="synthetic-motion clips to train on")
+    parser.add_argument("--num-train", type=int, default=1000,
+                        help="synthetic-motion clips to pretrain the base on, and as many to train the modulator on")
     parser.add_argument("--seeds", type=int, default=3, help="seeds each measurement is averaged over")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
