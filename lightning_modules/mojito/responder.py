@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,9 +33,6 @@ from lightning_modules.diffusion.latents import prompt_length
 from lightning_modules.mojito.data import video_pixels
 from lightning_modules.mojito.intensity import NONE
 from lightning_modules.responders import DEFAULT_OPTION_TEMPLATE, fitted_option_texts, template_problems
-
-if TYPE_CHECKING:
-    from lightning_modules.mojito.module import MojitoModule
 
 DEFAULT_NUM_TIMESTEPS = 8
 
@@ -65,18 +62,17 @@ class DenoisingSettings:
     frames: int | None = None
 
     def problems(self, num_train_timesteps: int | None = None) -> list[tuple[str, str]]:
-        """(field, why) for every value that cannot work; with `num_train_timesteps` the timesteps' range too."""
+        """(field, why) for every value that cannot work; with the scheduler's `num_train_timesteps`, whether the
+        timesteps lie in its range too."""
         problems = template_problems(self.template)
         if self.timesteps is not None and self.num_timesteps is not None:
             problems.append(("num_timesteps", "give timesteps or num_timesteps, not both"))
-        if self.timesteps is not None:
-            if not self.timesteps:
-                problems.append(("timesteps", "give at least one timestep, or null for num_timesteps of them"))
-            high = num_train_timesteps - 1 if num_train_timesteps is not None else None
-            outside = [t for t in self.timesteps if t < 0 or (high is not None and t > high)]
-            if outside:
-                where = f"0..{high}" if high is not None else ">= 0"
-                problems.append(("timesteps", f"{outside} outside the scheduler's {where}"))
+        if self.timesteps is not None and not self.timesteps:
+            problems.append(("timesteps", "give at least one timestep, or null for num_timesteps of them"))
+        outside = [t for t in self.timesteps or () if num_train_timesteps is not None and
+                   not 0 <= t < num_train_timesteps]
+        if outside:
+            problems.append(("timesteps", f"{outside} outside the scheduler's 0..{num_train_timesteps - 1}"))
         problems += [(name, f"must be >= 1, got {value}") for name, value in
                      (("num_timesteps", self.num_timesteps), ("batch_size", self.batch_size),
                       ("frames", self.frames)) if value is not None and value < 1]
@@ -91,12 +87,13 @@ class DenoisingSettings:
 class DenoisingResponder:
     """Responder: `respond(questions, frames)` -> the letter of each question's option of lowest denoising error.
 
-    Built from a MojitoModule in memory: it answers with the module's current weights (no copy), on the module's
-    device and in its UNet's dtype, with the UNet in eval mode for the call (its mode restored afterwards)."""
+    `module`: a MojitoModule (module.py imports this file), used in memory: the responder answers with its current
+    weights (no copy), on its device and in its UNet's dtype, with the UNet in eval mode for the call (its mode
+    restored afterwards)."""
 
     needs_frames = True
 
-    def __init__(self, module: "MojitoModule", settings: DenoisingSettings | None = None):
+    def __init__(self, module: Any, settings: DenoisingSettings | None = None):
         settings = settings or DenoisingSettings()
         total = int(module.noise_scheduler.config.num_train_timesteps)
         raise_param_problems(settings.problems(total))
@@ -120,7 +117,8 @@ class DenoisingResponder:
         return video_pixels(picked, self.resolution).unsqueeze(0)
 
     def option_texts(self, question: Question) -> list[str]:
-        """The texts conditioning the UNet, in option order, fitted to the tokenizer's length (start and end included)."""
+        """The texts conditioning the UNet, in option order, fitted to the tokenizer's length (start and end
+        tokens included)."""
         tokenizer = self.module.tokenizer
         return fitted_option_texts(question, self.settings.template,
                                    lambda text: len(tokenizer(text).input_ids) <= self._prompt_length)
