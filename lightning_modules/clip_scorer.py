@@ -31,8 +31,9 @@ from datamodules.errors import raise_param_problems
 from datamodules.param_types import ModelSource
 from datamodules.transforms import center_crop, normalize, resize_shorter
 from lightning_modules.frozen_clip import FrozenCLIP
+from lightning_modules.responders import DEFAULT_OPTION_TEMPLATE, fitted_option_texts, template_problems
 
-DEFAULT_TEMPLATE = "{question} {option}"
+DEFAULT_TEMPLATE = DEFAULT_OPTION_TEMPLATE
 
 
 def _first_parameter(module: nn.Module) -> torch.Tensor:
@@ -77,14 +78,7 @@ class ClipScorer:
         problems = []
         if "pretrained" in params and not params["pretrained"]:
             problems.append(("pretrained", "give a CLIP: a Hub id or a local directory with its tokenizer"))
-        template = params.get("template", DEFAULT_TEMPLATE)
-        if not isinstance(template, str) or "{option}" not in template:
-            problems.append(("template", f"{template!r} has no {{option}} field"))
-        else:
-            try:
-                template.format(question="q", option="o")
-            except (KeyError, IndexError, ValueError) as e:
-                problems.append(("template", f"{template!r}: only {{question}} and {{option}} can be filled in ({e})"))
+        problems += template_problems(params.get("template", DEFAULT_TEMPLATE))
         if params.get("batch_size", 1) < 1:
             problems.append(("batch_size", f"must be >= 1, got {params['batch_size']}"))
         return problems
@@ -100,22 +94,7 @@ class ClipScorer:
     def option_texts(self, question: Question) -> list[str]:
         """The texts scored for a question's options, in option order, fitted to the text encoder's length."""
         budget = self.clip.max_length - 2 - self._reserved  # start and end tokens
-
-        def texts(dropped: int) -> list[str]:
-            asked = " ".join(question.question.split()[dropped:])
-            return [self.template.format(question=asked, option=str(text)).strip()
-                    for text in question.options.values()]
-
-        def fits(dropped: int) -> bool:
-            return all(len(self.clip.token_ids(t)) <= budget for t in texts(dropped))
-
-        if "{question}" not in self.template or fits(0):
-            return texts(0)
-        low, high = 1, len(question.question.split())  # fewest leading words to drop (dropping never lengthens)
-        while low < high:
-            middle = (low + high) // 2
-            low, high = (low, middle) if fits(middle) else (middle + 1, high)
-        return texts(low)
+        return fitted_option_texts(question, self.template, lambda text: len(self.clip.token_ids(text)) <= budget)
 
     # -- features -----------------------------------------------------------------------------------------------
     def pixels(self, frames: np.ndarray) -> torch.Tensor:

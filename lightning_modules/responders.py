@@ -11,7 +11,8 @@ Responders here:
   TransformersVLM  any transformers vision-language model with a processor and a chat template: the frames go in
                    as one video or as N images, with a direct-letter or a chain-of-thought prompt, greedy decoding.
 and in lightning_modules/clip_scorer.py, ClipScorer: the option whose text is nearest the frames by CLIP similarity.
-A LightningModule offers one for validation through `benchmark_responder()`.
+A LightningModule offers one for validation through `benchmark_responder()`. Responders that score each option's
+text share `fitted_option_texts` (the template filled in, fitted to a text encoder's length) and `template_problems`.
 
 A responder class may define `config_problems(params, check_files=True) -> [(param, message)]`: checks of its
 config values that the config checker (launch/config.py) reports together with every other config problem.
@@ -100,6 +101,41 @@ def question_prompt(question: Question, prompt: str = "direct") -> str:
     options = "\n".join(f"{letter}. {text}" for letter, text in question.options.items())
     instruction = DIRECT_INSTRUCTION if prompt == "direct" else COT_INSTRUCTION
     return f"{question.question.strip()}\n{options}\n{instruction}"
+
+
+# ----------------------------------------------------------------------------------------------- option texts
+DEFAULT_OPTION_TEMPLATE = "{question} {option}"
+
+
+def template_problems(template: Any) -> list[tuple[str, str]]:
+    """[("template", why)] when `template` cannot make an option's text: no {option}, or another field."""
+    if not isinstance(template, str) or "{option}" not in template:
+        return [("template", f"{template!r} has no {{option}} field")]
+    try:
+        template.format(question="q", option="o")
+    except (KeyError, IndexError, ValueError) as e:
+        return [("template", f"{template!r}: only {{question}} and {{option}} can be filled in ({e})")]
+    return []
+
+
+def fitted_option_texts(question: Question, template: str, fits: Callable[[str], bool]) -> list[str]:
+    """The texts of a question's options, in option order: `template` filled with the question and each option.
+    When a text does not `fit` (a text encoder's length), the fewest leading words of the question are dropped that
+    make every text fit -- never the option, which is what differs between them."""
+    def texts(dropped: int) -> list[str]:
+        asked = " ".join(question.question.split()[dropped:])
+        return [template.format(question=asked, option=str(text)).strip() for text in question.options.values()]
+
+    def all_fit(dropped: int) -> bool:
+        return all(fits(t) for t in texts(dropped))
+
+    if "{question}" not in template or all_fit(0):
+        return texts(0)
+    low, high = 1, len(question.question.split())  # dropping words never lengthens a text: bisect
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if all_fit(middle) else (middle + 1, high)
+    return texts(low)
 
 
 # ----------------------------------------------------------------------------------------------- file

@@ -4,6 +4,7 @@
   trains;
 - intensity.py: the Motion Intensity Modulator (a level through the time embedding) and intensity guidance;
 - module.py: the LightningModule (training, generation);
+- responder.py: benchmark questions answered as a diffusion classifier (the option of lowest denoising error);
 - data.py: video-caption shards with motion levels;
 - shards.py: the synthetic-motion shard kind; synthetic.py: the tiny run's inputs.
 """

@@ -41,6 +41,13 @@ def _normalised_boxes(boxes: Any, frames: list[int], height: int, width: int, re
     return (kept / resolution).clamp(0, 1)
 
 
+def video_pixels(clip: np.ndarray, resolution: int) -> torch.Tensor:
+    """uint8 frames [T, H, W, 3] -> [T, 3, R, R] in [-1, 1], R = `resolution`: each frame's shorter side resized to R,
+    then the centre R x R crop (what the model trains on)."""
+    video = torch.from_numpy(np.ascontiguousarray(clip)).permute(0, 3, 1, 2)
+    return center_crop(resize_shorter(video, resolution), resolution).float() / 127.5 - 1.0
+
+
 class VideoClipSample(DecodeSample):
     def __init__(self, resolution: int, frames: int | None, frame_stride: int, quantiles: list[float]):
         super().__init__(required=[FRAMES_KEY, "json"])
@@ -55,9 +62,8 @@ class VideoClipSample(DecodeSample):
         if kept[-1] >= clip.shape[0]:
             raise KeyError(f"the clip has {clip.shape[0]} frames; frames={self.frames} at stride {self.frame_stride} "
                            f"needs {kept[-1] + 1}")
-        video = torch.from_numpy(np.ascontiguousarray(clip[kept])).permute(0, 3, 1, 2)
-        height, width = video.shape[-2:]
-        video = center_crop(resize_shorter(video, self.resolution), self.resolution)
+        height, width = clip.shape[1:3]
+        video = video_pixels(clip[kept], self.resolution)
         meta = sample["json"] if isinstance(sample["json"], dict) else {}
         caption = meta.get("caption", sample.get("txt"))
         if not isinstance(caption, str):
@@ -65,7 +71,7 @@ class VideoClipSample(DecodeSample):
         motion = meta.get("motion")
         level = motion_level(float(motion), self.quantiles) if isinstance(motion, (int, float)) else NONE
         boxes = _normalised_boxes(meta.get("boxes"), kept, height, width, self.resolution)
-        return {"__key__": sample["__key__"], "video": video.float() / 127.5 - 1.0, "caption": caption,
+        return {"__key__": sample["__key__"], "video": video, "caption": caption,
                 "level": level, "motion": float(motion) if isinstance(motion, (int, float)) else float("nan"),
                 "boxes": boxes if boxes is not None else torch.zeros(len(kept), 4),
                 "has_boxes": boxes is not None}

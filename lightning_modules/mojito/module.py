@@ -7,7 +7,9 @@ modulator (intensity.py), the motion modules, LoRA adapters, or the whole UNet; 
 checkpoint holds only what trains (lightning_modules/learned_weights.py). A clip's intensity level comes with the
 batch (data.py); with probability `intensity_dropout` it is dropped to NONE, as the prompt is to "" with
 `prompt_dropout`, so that sampling can guide over both. Randomness of a step (timesteps, noise, dropout) comes from a
-generator seeded by (seed, step, rank): a resumed run draws what the uninterrupted one did.
+generator seeded by (seed, step, rank): a resumed run draws what the uninterrupted one did. Benchmark questions about
+a video (BenchmarkValidation) are answered by `benchmark_responder()`, a diffusion classifier (responder.py) with the
+`responder` settings.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lightning_modules.mojito.backbone import (DEFAULT_LORA_TARGETS, add_lora, l
                                                motion_adapter_problem, temporal_parameter_names, trainable_set_problems,
                                                video_unet, video_unet_forward)
 from lightning_modules.mojito.intensity import NONE, IntensityEmbedding, add_time_condition, intensity_guided
+from lightning_modules.mojito.responder import DenoisingResponder, DenoisingSettings
 
 StepHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
 
@@ -101,7 +104,8 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
                  weight_decay: float = 1e-2, warmup_steps: int = 0, snr_gamma: float | None = None,
                  gradient_checkpointing: bool = True, vae_chunk: int = 16,
                  sampling: Annotated[dict[str, Any], KwargsOf(SamplingSettings)] | None = None,
-                 direction: Annotated[dict[str, Any], KwargsOf(DirectionControl)] | None = None, seed: int = 0):
+                 direction: Annotated[dict[str, Any], KwargsOf(DirectionControl)] | None = None,
+                 responder: Annotated[dict[str, Any], KwargsOf(DenoisingSettings)] | None = None, seed: int = 0):
         super().__init__()
         self.save_hyperparameters()
         trainable = list(trainable if trainable is not None else ["intensity"])
@@ -115,8 +119,11 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
         self.lora_settings = _settings(LoraSettings, lora, "lora", problems) if lora else None
         self.sampling = _settings(SamplingSettings, sampling, "sampling", problems)
         self.direction = _settings(DirectionControl, direction, "direction", problems)
+        self.responder_settings = _settings(DenoisingSettings, responder, "responder", problems)
         raise_param_problems(problems)
         parts = load_diffusion_parts(**base)
+        raise_param_problems([(f"responder.{name}", message) for name, message in self.responder_settings.problems(
+            int(parts.scheduler.config.num_train_timesteps))])
         try:
             self.unet = video_unet(parts.unet, motion_adapter)
         except ValueError as e:
@@ -360,6 +367,13 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
             for i, video in zip(group, out):
                 videos[i] = video
         return ((torch.stack(videos).float() + 1) / 2).clamp(0, 1)
+
+    # -- benchmark questions ------------------------------------------------------------------------------------------
+    def benchmark_responder(self) -> DenoisingResponder:
+        """Video multiple choice with the current weights (callbacks.benchmark_validation's default responder): the
+        option whose text conditions the lowest denoising error of the video wins (responder.py; `responder`'s
+        settings)."""
+        return DenoisingResponder(self, self.responder_settings)
 
     @torch.no_grad()
     def video_rows(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, torch.Tensor]:

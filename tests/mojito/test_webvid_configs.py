@@ -57,10 +57,15 @@ def test_fit_dry_run_resolves_the_cluster_config(monkeypatch, capsys, path, reso
     assert data["train"].startswith("data/webvid") and data["val"].startswith("data/webvid")
     assert trainer["val_check_interval"] and cfg["slurm"]["time"]
     targets = [callback["target"] for callback in cfg["callbacks"]]
-    assert targets == ["callbacks.video_logger.VideoLogger", "lightning_modules.mojito.evaluation.MotionEvaluator"]
+    assert targets == ["callbacks.video_logger.VideoLogger", "lightning_modules.mojito.evaluation.MotionEvaluator",
+                       "callbacks.benchmark_validation.BenchmarkValidation"]
     steered = [p for p in cfg["callbacks"][1]["params"]["prompts"] if p.get("trajectory")]
     assert steered and all(p["subject"] in p["prompt"] for p in steered)
     assert "#   callbacks.1: lightning_modules.mojito.evaluation.MotionEvaluator" in out
+    # VLM4D answered by the model being trained (its diffusion-classifier responder) on the frames it trains on
+    benchmark = cfg["callbacks"][2]["params"]
+    assert benchmark["benchmark"] == "vlm4d" and set(benchmark["questions"]) == {"real", "synthetic"}
+    assert benchmark["responder"] is None and benchmark["num_frames"] == model["responder"]["frames"] == 16
 
 
 def test_a_user_without_the_models_is_told_each_missing_one_by_its_key(monkeypatch):
@@ -78,6 +83,7 @@ def test_a_user_without_the_models_is_told_each_missing_one_by_its_key(monkeypat
                            ("detector", "models/owlv2-base-patch16-ensemble")):
         assert any(line.startswith(f"{where}callbacks.1.params.{key}: no such directory: {directory}")
                    for line in lines), lines
+    assert f"{where}callbacks.2.params.questions.real: no such file: data/benchmarks/vlm4d/real_mc.json" in lines
 
 
 def sbatch_options(script: str) -> dict[str, str]:
