@@ -5,7 +5,7 @@ Writes bench/results/overhead.json (bench/result_file.py).
 
 Framework side: launch/fit.py's own functions -- load_config on configs/demo/regression.yaml with overrides,
 check_config, prepare_run (run directory in a temporary directory, the trainer of launch.trainer.build_trainer:
-CSV + TensorBoard loggers, ModelCheckpoint, Preemption, FinalCheckpoint, RichProgressBar, AtomicCheckpointIO)
+CSV + TensorBoard loggers, ModelCheckpoint, Preemption, LastCheckpoint, RichProgressBar, AtomicCheckpointIO)
 and fit_run (status.json, trainer.fit). One timing callback is appended
 to trainer.callbacks; nothing else is changed. Validation is off (trainer.limit_val_batches=0) and the step
 checkpoint interval is larger than the run: this measures the training step, not validation or checkpoint IO.
@@ -66,7 +66,7 @@ def overrides(warmup: int, steps: int) -> list[str]:
         f"data.params.num_train={BATCH * (total + 8)}",  # the whole run in one epoch: no epoch boundary inside
         f"trainer.max_steps={total}",
         "trainer.limit_val_batches=0",  # validation is not the training step
-        "run.every_n_train_steps=1000000",  # no step checkpoint inside the run (only FinalCheckpoint, after it)
+        "run.every_n_train_steps=1000000",  # no step checkpoint inside the run (only LastCheckpoint's, after it)
     ]
 
 
@@ -277,7 +277,7 @@ def main() -> int:
             "progress_bar": "enabled (RichProgressBar, as build_trainer makes it); stdout "
                             + ("is a terminal" if sys.stdout.isatty() else "is not a terminal for this run"),
             "checkpointing": "on, every_n_train_steps larger than the run: no checkpoint IO inside the timed steps "
-                             "(FinalCheckpoint writes last.ckpt after them); this measures step overhead, not "
+                             "(LastCheckpoint writes last.ckpt after them); this measures step overhead, not "
                              "checkpoint IO",
             "validation": "off (trainer.limit_val_batches=0)",
             "epochs": "the whole run is inside the first epoch (num_train sized for it)",

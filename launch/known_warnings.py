@@ -7,7 +7,7 @@ matched exactly (message, category and the module that warns, or the logger that
 - torch's deprecation of `LeafSpec`, which Lightning's own _pytree.py still builds: nothing of ours to change.
 
 Lightning's note that "`weights_only` was not set" is not silenced but avoided: our own saves (callbacks/preemption.py,
-callbacks/final_checkpoint.py) say it. Lightning's PossibleUserWarning is matched as the UserWarning it subclasses,
+callbacks/last_checkpoint.py) say it. Lightning's PossibleUserWarning is matched as the UserWarning it subclasses,
 so that silencing does not import Lightning into an entry point that does not use it (evaluate.py score).
 """
 

@@ -18,7 +18,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 from omegaconf import DictConfig
 
 from callbacks.data_health import DataHealthLogger
-from callbacks.final_checkpoint import FinalCheckpoint
+from callbacks.last_checkpoint import LastCheckpoint
 from callbacks.model_target import ModelTarget
 from callbacks.preemption import Preemption
 from callbacks.signals import SignalFlag
@@ -188,11 +188,12 @@ def build_trainer(loaded: LoadedConfig, run: RunSettings, run_dir: RunDir, flag:
     preemption = Preemption(run_dir.last_checkpoint, flag)
     callbacks = [build(loaded, f"callbacks.{i}") for i in range(len(cfg.get("callbacks") or []))]
     callbacks += [
+        # the step checkpoints only: last.ckpt has one writer, LastCheckpoint (its docstring says why not this one)
         ModelCheckpoint(dirpath=run_dir.checkpoints, filename="step-{step:08d}", auto_insert_metric_name=False,
                         every_n_train_steps=run.every_n_train_steps, monitor="step", mode="max",
-                        save_top_k=run.keep_last_k, save_last=True),
+                        save_top_k=run.keep_last_k, save_last=False),
         preemption,
-        FinalCheckpoint(run_dir.last_checkpoint),
+        LastCheckpoint(run_dir.last_checkpoint, run.every_n_train_steps, preemption),
         ModelTarget(),  # every checkpoint names the class that rebuilds it (launch/export.py reads it)
         DataHealthLogger(every_n_steps=trainer_cfg.get("log_every_n_steps", 50)),
         RichProgressBar(refresh_rate=10),  # redrawing every batch competes with small models' steps for the CPU

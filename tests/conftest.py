@@ -7,6 +7,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "demo" / "regression.yaml"
+# An entry point run as a script (launch/fit.py) has its own folder first on sys.path, not the checkout, so its imports
+# would find the editable install's packages: the tests' subprocesses run the code of the checkout they test.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 
 def run_fit(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

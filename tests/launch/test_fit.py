@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from callbacks.last_checkpoint import LastCheckpoint
+from callbacks.preemption import Preemption
+from launch.config import load_config
+from launch.fit import check_config, fit_run, prepare_run
 from launch.runs import RunDir, checkpoint_step
 from tests.conftest import DEMO_CONFIG, REPO, run_fit
 
@@ -80,6 +84,21 @@ def status(run_dir: Path) -> dict:
     return json.loads((run_dir / "status.json").read_text())
 
 
+def checkpoint_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def fit_in_process(root: Path, name: str, *overrides: str, resume: str = "auto") -> Path:
+    """fit.py's own steps (load_config, check_config, prepare_run, fit_run) in this process: no interpreter start-up,
+    so a run of a few steps takes a second or two. 10 batches an epoch, validation at each epoch's end."""
+    loaded = load_config(DEMO_CONFIG, [f"run.root={root}", f"run.name={name}", "data.params.num_train=320",
+                                       "trainer.val_check_interval=null", "trainer.check_val_every_n_epoch=1",
+                                       *overrides])
+    check_config(loaded)
+    assert fit_run(prepare_run(loaded, resume)) == 0
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def reference_fit(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """An uninterrupted run of the same config: its directory and how the fit ended."""
@@ -98,8 +117,8 @@ def test_fit_on_cpu_runs_to_max_steps(reference):
     assert status(reference) == {**status(reference), "state": "finished", "global_step": MAX_STEPS,
                                  "stopped_by": "trainer.max_steps"}
     assert checkpoint_step(reference / "checkpoints" / "last.ckpt") == MAX_STEPS
-    step_ckpts = sorted(p.name for p in (reference / "checkpoints").glob("step-*.ckpt"))
-    assert step_ckpts == ["step-00000115.ckpt", "step-00000120.ckpt"]  # keep_last_k=2
+    # 120 steps are 10 epochs of 12 batches: the run ends at an epoch's end
+    assert checkpoint_names(reference) == ["last.ckpt", "step-00000115.ckpt", "step-00000120.ckpt"]  # keep_last_k=2
     assert (reference / "config.yaml").is_file() and "max_steps: 120" in (reference / "config.yaml").read_text()
     assert (reference / "logs" / "csv" / "metrics.csv").is_file()
     assert list((reference / "logs" / "tensorboard").glob("events.out.tfevents.*"))
@@ -141,6 +160,8 @@ def test_epoch_limited_run_finishes_and_is_refused_naming_max_epochs(epoch_limit
     assert fit.stdout.splitlines()[-4:] == ["finished at step 20 (trainer.max_epochs reached)", *results(run_dir)]
     assert status(run_dir) == {**status(run_dir), "state": "finished", "global_step": 20,
                                "stopped_by": "trainer.max_epochs"}
+    assert checkpoint_names(run_dir) == ["last.ckpt"]  # no step checkpoint within 20 steps (every 50)
+    assert checkpoint_step(run_dir / "checkpoints" / "last.ckpt") == 20
     again = run_fit("--config", str(DEMO_CONFIG), f"run.root={run_dir.parent}", "run.name=epochs",
                     "trainer.max_steps=-1", "trainer.max_epochs=2", "data.params.num_train=320")
     assert again.returncode == 2
@@ -157,6 +178,34 @@ def test_known_harmless_library_warnings_are_silenced_and_others_still_show(epoc
         assert harmless not in stderr, stderr
     # another of Lightning's PossibleUserWarnings, like the srun hint
     assert "The number of training batches (10) is smaller than the logging interval" in stderr, stderr
+
+
+def test_run_ending_at_an_epoch_end_at_its_first_step_checkpoint_leaves_one_last_ckpt(tmp_path):
+    # max_steps = the batches of one epoch = the step checkpoint interval: ModelCheckpoint defers that step's save
+    # past the epoch's validation, after last.ckpt was written at the batch's end
+    run_dir = fit_in_process(tmp_path, "epoch-end", "trainer.max_steps=10", "run.every_n_train_steps=10")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint_names(run_dir) == ["last.ckpt", "step-00000010.ckpt"]
+    assert RunDir(run_dir).newest_complete_checkpoint() == (last, 10)
+    final = weights(run_dir / "checkpoints" / "step-00000010.ckpt")
+    assert all(torch.equal(final[k], weights(last)[k]) for k in final)
+
+
+def test_run_resumed_from_a_last_ckpt_older_than_any_step_checkpoint_goes_on_writing_last_ckpt(tmp_path):
+    run_dir = fit_in_process(tmp_path, "early", "trainer.max_steps=3", "run.every_n_train_steps=5")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert checkpoint_names(run_dir) == ["last.ckpt"] and checkpoint_step(last) == 3
+    fit_in_process(tmp_path, "early", "trainer.max_steps=12", "run.every_n_train_steps=5", "run.keep_last_k=1",
+                   resume=str(last))
+    assert checkpoint_names(run_dir) == ["last.ckpt", "step-00000010.ckpt"]  # keep_last_k=1
+    assert checkpoint_step(last) == 12
+
+
+def test_last_checkpoint_refuses_a_bad_interval_and_a_preemption_saving_elsewhere(tmp_path):
+    with pytest.raises(ValueError, match="every_n_train_steps must be >= 1, got 0"):
+        LastCheckpoint(tmp_path / "last.ckpt", 0)
+    with pytest.raises(ValueError, match="preemption saves .*other.ckpt, not .*last.ckpt"):
+        LastCheckpoint(tmp_path / "last.ckpt", 5, Preemption(tmp_path / "other.ckpt"))
 
 
 def test_resume_never_refuses_to_overwrite(reference):
