@@ -33,14 +33,10 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import multiprocessing
-import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +48,8 @@ if str(REPO) not in sys.path:
 import torch
 from diffusers import UNet2DConditionModel
 
+from bench import measure
+from bench.measure import fingerprint, max_rss_mb, reset_peak_rss, rotated, rss_mb
 from bench.result_file import MIN_SAMPLES, RESULTS, target_met, write_result
 from lightning_modules.clip_pretrain.random_clip import WORDS
 from lightning_modules.clip_pretrain.tokenizer import build_tokenizer, save_tokenizer
@@ -149,31 +147,6 @@ def count_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
     controlnet = ControlNetBaseline(unet, THREE_TYPES[0], CONDITION_CHANNELS, CONDITION_SCALE)
     out["controlnet"] = {"total": trainable_count(controlnet)}
     return out
-
-
-def rss_mb() -> float:
-    """The process's resident set size now, in MiB."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset the peak RSS that ru_maxrss reports to the RSS now (Linux's clear_refs "5"); False where refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def fingerprint(parameters) -> float:
-    """A number that changes when any of the parameters does (their sum of absolute values, in float64)."""
-    return math.fsum(float(p.detach().double().abs().sum()) for p in parameters)
 
 
 def build_module(spec: Mapping[str, Any], tokenizer_dir: Path) -> FlexEControlModule:
@@ -339,48 +312,10 @@ def measure_alternating(spec: Mapping[str, Any]) -> dict[str, Any]:
 WORKERS = {"params": count_parameters, "train": measure_training, "alternating": measure_alternating}
 
 
-def call_worker(kind: str, spec: Mapping[str, Any]) -> tuple[str, Any]:
-    """("ok", WORKERS[kind](spec)) or ("error", the traceback's text): what a worker process sends back."""
-    try:
-        return "ok", WORKERS[kind](spec)
-    except Exception:  # noqa: BLE001 -- any failure is reported to the parent, which raises it with the job's name
-        return "error", traceback.format_exc()
-
-
-def worker_main(connection, kind: str, spec: Mapping[str, Any]) -> None:
-    connection.send(call_worker(kind, spec))
-    connection.close()
-
-
-def job_result(reply: tuple[str, Any] | None, exitcode: int | None, what: str) -> dict[str, Any]:
-    """The record a worker sent; RuntimeError naming the job (and the worker's traceback) when it failed or sent
-    nothing."""
-    if reply is not None and reply[0] == "ok":
-        return reply[1]
-    if reply is not None:
-        tail = "\n".join(str(reply[1]).strip().splitlines()[-15:])
-        raise RuntimeError(f"bench worker for {what} failed:\n{tail}")
-    raise RuntimeError(f"bench worker for {what} exited with {exitcode} before sending a result (killed for memory?)")
-
-
 def run_job(kind: str, spec: Mapping[str, Any], *, inline: bool) -> dict[str, Any]:
-    """WORKERS[kind](spec), in this process (inline) or in a process of its own. The processes are forked from a
-    forkserver that imported this module's libraries once (a fresh interpreter would spend ~10 s importing them per
-    job); each is a new process, so its peak RSS is its own."""
-    if inline:
-        return WORKERS[kind](spec)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["bench.flexecontrol"])
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=worker_main, args=(sender, kind, dict(spec)), daemon=True)
-    process.start()
-    sender.close()
-    try:
-        reply = receiver.recv()
-    except EOFError:
-        reply = None
-    process.join()
-    return job_result(reply, process.exitcode, f"{kind} {describe(spec)}")
+    """WORKERS[kind](spec), in this process (inline) or in a process of its own (bench/measure.py's run_job)."""
+    return measure.run_job(__name__ if inline else "bench.flexecontrol", kind, spec, inline=inline,
+                           what=f"{kind} {describe(spec)}")
 
 
 def describe(spec: Mapping[str, Any]) -> str:
@@ -410,11 +345,6 @@ def train_specs(args: argparse.Namespace, size: Mapping[str, Any]) -> list[dict[
 def alternating_spec(args: argparse.Namespace, size: Mapping[str, Any], present: int, gc_on: bool) -> dict[str, Any]:
     return {"present": present, "gradient_checkpointing": gc_on, "size": dict(size), "warmup": args.warmup,
             "steps": args.steps, "threads": args.threads, "n": args.n, "rank": args.rank, "seed": 0}
-
-
-def rotated(items: Sequence, by: int) -> list:
-    by %= len(items)
-    return [*items[by:], *items[:by]]
 
 
 def flexecontrol_pairs(keys) -> list[tuple[str, str, str]]:
