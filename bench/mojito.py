@@ -79,7 +79,7 @@ INNER_ATTENTION = {"down_block_types": ("DownBlockMotion", "CrossAttnDownBlockMo
 SIZES = {
     "full": {"unet": {"block_out_channels": (32, 64), **INNER_ATTENTION}, "image_size": 32, "frames": 16,
              "steps": 25, "direction_steps": 10, "batch": 1},
-    "quick": {"unet": {"block_out_channels": (32, 64), **INNER_ATTENTION}, "image_size": 8, "frames": 4,
+    "quick": {"unet": {"block_out_channels": (16, 32), **INNER_ATTENTION}, "image_size": 8, "frames": 2,
               "steps": 3, "direction_steps": 2, "batch": 1},
 }
 
