@@ -254,10 +254,6 @@ class TrainingStep:
             hook.remove()
 
 
-def timing_record(timed: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
-    return {"step_ms": [t["step"] for t in timed], **{f"{phase}_ms": [t[phase] for t in timed] for phase in PHASES}}
-
-
 def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One configuration in a process of its own: `warmup` untimed and `steps` timed training steps; per timed step
     the time and its phases (ms), and the memory figures (module docstring)."""
@@ -280,7 +276,7 @@ def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
     step.close()
     return {
         "variant": spec["variant"], "present": spec["present"],
-        "gradient_checkpointing": spec["gradient_checkpointing"], **timing_record(timed),
+        "gradient_checkpointing": spec["gradient_checkpointing"], **measure.timing_record(timed, PHASES),
         "rss_after_imports_mb": rss_imports, "build_peak_mb": build_peak, "rss_after_build_mb": rss_built,
         "peak_rss_mb": train_peak, "train_memory_mb": train_peak - rss_built, "peak_reset": peak_reset,
         "trainable_params": sum(p.numel() for p in step.trainable),
@@ -305,7 +301,7 @@ def measure_alternating(spec: Mapping[str, Any]) -> dict[str, Any]:
     for step in steps.values():
         step.close()
     return {"present": spec["present"], "gradient_checkpointing": spec["gradient_checkpointing"],
-            "variants": {variant: {**timing_record(timed[variant]), "checks": steps[variant].checks(),
+            "variants": {variant: {**measure.timing_record(timed[variant], PHASES), "checks": steps[variant].checks(),
                                    "unet_fingerprint": steps[variant].unet_fingerprint} for variant in VARIANTS}}
 
 
@@ -534,18 +530,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     problems = [f"--{name} must be >= {low}, got {getattr(args, name)}"
                 for name, low in (("rounds", MIN_SAMPLES), ("warmup", 0), ("steps", MIN_SAMPLES if args.quick else 5),
                                   ("threads", 1), ("n", 1), ("rank", 1)) if getattr(args, name) < low]
-    if args.quick and args.out is None:
-        problems.append("--quick needs --out PATH.json (it never writes the committed results)")
-    if args.out is not None:
-        out = args.out.resolve()
-        if out.suffix != ".json":
-            problems.append(f"--out must name a .json file, got {args.out}")
-        if args.quick and out.parent == RESULTS.resolve():
-            problems.append(f"--quick must not write into {RESULTS.relative_to(REPO)}/ (the committed results): "
-                            f"give another --out")
-    if args.inline and not args.quick:
-        problems.append("--inline is for --quick: the committed measurement runs each configuration in its own "
-                        "process")
+    problems += measure.output_problems(args, RESULTS, REPO)
     if problems:
         parser.error("; ".join(problems))
     return args

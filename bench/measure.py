@@ -17,6 +17,7 @@ import os
 import resource
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +53,30 @@ def rotated(items: Sequence, by: int) -> list:
     """`items` starting at index `by` (modulo their count): round r of an interleaved run starts at configuration r."""
     by %= len(items)
     return [*items[by:], *items[:by]]
+
+
+def timing_record(timed: Sequence[Mapping[str, float]], phases: Sequence[str]) -> dict[str, list[float]]:
+    """Per-step timings [{"step": ms, phase: ms, ...}, ...] as series: {"step_ms": [...], "<phase>_ms": [...]}."""
+    return {"step_ms": [t["step"] for t in timed], **{f"{phase}_ms": [t[phase] for t in timed] for phase in phases}}
+
+
+def output_problems(args: Any, results: Path, repo: Path) -> list[str]:
+    """What is wrong with a bench's --quick / --out / --inline (the arguments every bench whose quick run is its test
+    takes): a quick run names its own .json outside `results` (the committed ones), --inline is for quick runs."""
+    problems = []
+    if args.quick and args.out is None:
+        problems.append("--quick needs --out PATH.json (it never writes the committed results)")
+    if args.out is not None:
+        out = args.out.resolve()
+        if out.suffix != ".json":
+            problems.append(f"--out must name a .json file, got {args.out}")
+        if args.quick and out.parent == results.resolve():
+            problems.append(f"--quick must not write into {results.relative_to(repo)}/ (the committed results): "
+                            f"give another --out")
+    if args.inline and not args.quick:
+        problems.append("--inline is for --quick: the committed measurement runs each configuration in its own "
+                        "process")
+    return problems
 
 
 def call_worker(workers: Mapping[str, Any], kind: str, spec: Mapping[str, Any]) -> tuple[str, Any]:

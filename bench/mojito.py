@@ -188,10 +188,6 @@ class TrainingStep:
         }
 
 
-def timing_record(timed: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
-    return {"step_ms": [t["step"] for t in timed], **{f"{phase}_ms": [t[phase] for t in timed] for phase in PHASES}}
-
-
 def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One set-up in a process of its own: `warmup` untimed and `steps` timed steps; their times and the memory
     figures (module docstring)."""
@@ -208,7 +204,7 @@ def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
         if index >= spec["warmup"]:
             timed.append(times)
     peak = max_rss_mb()
-    return {"setup": spec["setup"], **timing_record(timed), "rss_after_imports_mb": rss_imports,
+    return {"setup": spec["setup"], **measure.timing_record(timed, PHASES), "rss_after_imports_mb": rss_imports,
             "rss_after_build_mb": rss_built, "peak_rss_mb": peak, "train_memory_mb": peak - rss_built,
             "peak_reset": peak_reset, "trainable_params": sum(p.numel() for p in step.trainable),
             "checks": step.checks(), "base_fingerprint": step.base_fingerprint}
@@ -227,7 +223,7 @@ def measure_alternating(spec: Mapping[str, Any]) -> dict[str, Any]:
             times = steps[setup](batch, index)
             if index >= spec["warmup"]:
                 timed[setup].append(times)
-    return {"setups": {setup: {**timing_record(timed[setup]), "checks": steps[setup].checks(),
+    return {"setups": {setup: {**measure.timing_record(timed[setup], PHASES), "checks": steps[setup].checks(),
                                "base_fingerprint": steps[setup].base_fingerprint,
                                "trainable_params": sum(p.numel() for p in steps[setup].trainable)} for setup in SETUPS}}
 
@@ -343,17 +339,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     problems = [f"--{name} must be >= {low}, got {getattr(args, name)}"
                 for name, low in (("rounds", MIN_SAMPLES), ("warmup", 0), ("steps", MIN_SAMPLES), ("threads", 1))
                 if getattr(args, name) < low]
-    if args.quick and args.out is None:
-        problems.append("--quick needs --out PATH.json (it never writes the committed results)")
-    if args.out is not None:
-        out = args.out.resolve()
-        if out.suffix != ".json":
-            problems.append(f"--out must name a .json file, got {args.out}")
-        if args.quick and out.parent == RESULTS.resolve():
-            problems.append(f"--quick must not write into {RESULTS.relative_to(REPO)}/ (the committed results): "
-                            f"give another --out")
-    if args.inline and not args.quick:
-        problems.append("--inline is for --quick: the committed measurement runs each set-up in its own process")
+    problems += measure.output_problems(args, RESULTS, REPO)
     if problems:
         parser.error("; ".join(problems))
     return args
