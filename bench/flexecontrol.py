@@ -33,14 +33,10 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import multiprocessing
-import os
-import resource
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,6 +48,8 @@ if str(REPO) not in sys.path:
 import torch
 from diffusers import UNet2DConditionModel
 
+from bench import measure
+from bench.measure import fingerprint, max_rss_mb, reset_peak_rss, rotated, rss_mb
 from bench.result_file import MIN_SAMPLES, RESULTS, target_met, write_result
 from lightning_modules.clip_pretrain.random_clip import WORDS
 from lightning_modules.clip_pretrain.tokenizer import build_tokenizer, save_tokenizer
@@ -149,31 +147,6 @@ def count_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
     controlnet = ControlNetBaseline(unet, THREE_TYPES[0], CONDITION_CHANNELS, CONDITION_SCALE)
     out["controlnet"] = {"total": trainable_count(controlnet)}
     return out
-
-
-def rss_mb() -> float:
-    """The process's resident set size now, in MiB."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def reset_peak_rss() -> bool:
-    """Reset the peak RSS that ru_maxrss reports to the RSS now (Linux's clear_refs "5"); False where refused."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def fingerprint(parameters) -> float:
-    """A number that changes when any of the parameters does (their sum of absolute values, in float64)."""
-    return math.fsum(float(p.detach().double().abs().sum()) for p in parameters)
 
 
 def build_module(spec: Mapping[str, Any], tokenizer_dir: Path) -> FlexEControlModule:
@@ -281,10 +254,6 @@ class TrainingStep:
             hook.remove()
 
 
-def timing_record(timed: Sequence[Mapping[str, float]]) -> dict[str, list[float]]:
-    return {"step_ms": [t["step"] for t in timed], **{f"{phase}_ms": [t[phase] for t in timed] for phase in PHASES}}
-
-
 def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One configuration in a process of its own: `warmup` untimed and `steps` timed training steps; per timed step
     the time and its phases (ms), and the memory figures (module docstring)."""
@@ -307,7 +276,7 @@ def measure_training(spec: Mapping[str, Any]) -> dict[str, Any]:
     step.close()
     return {
         "variant": spec["variant"], "present": spec["present"],
-        "gradient_checkpointing": spec["gradient_checkpointing"], **timing_record(timed),
+        "gradient_checkpointing": spec["gradient_checkpointing"], **measure.timing_record(timed, PHASES),
         "rss_after_imports_mb": rss_imports, "build_peak_mb": build_peak, "rss_after_build_mb": rss_built,
         "peak_rss_mb": train_peak, "train_memory_mb": train_peak - rss_built, "peak_reset": peak_reset,
         "trainable_params": sum(p.numel() for p in step.trainable),
@@ -332,55 +301,17 @@ def measure_alternating(spec: Mapping[str, Any]) -> dict[str, Any]:
     for step in steps.values():
         step.close()
     return {"present": spec["present"], "gradient_checkpointing": spec["gradient_checkpointing"],
-            "variants": {variant: {**timing_record(timed[variant]), "checks": steps[variant].checks(),
+            "variants": {variant: {**measure.timing_record(timed[variant], PHASES), "checks": steps[variant].checks(),
                                    "unet_fingerprint": steps[variant].unet_fingerprint} for variant in VARIANTS}}
 
 
 WORKERS = {"params": count_parameters, "train": measure_training, "alternating": measure_alternating}
 
 
-def call_worker(kind: str, spec: Mapping[str, Any]) -> tuple[str, Any]:
-    """("ok", WORKERS[kind](spec)) or ("error", the traceback's text): what a worker process sends back."""
-    try:
-        return "ok", WORKERS[kind](spec)
-    except Exception:  # noqa: BLE001 -- any failure is reported to the parent, which raises it with the job's name
-        return "error", traceback.format_exc()
-
-
-def worker_main(connection, kind: str, spec: Mapping[str, Any]) -> None:
-    connection.send(call_worker(kind, spec))
-    connection.close()
-
-
-def job_result(reply: tuple[str, Any] | None, exitcode: int | None, what: str) -> dict[str, Any]:
-    """The record a worker sent; RuntimeError naming the job (and the worker's traceback) when it failed or sent
-    nothing."""
-    if reply is not None and reply[0] == "ok":
-        return reply[1]
-    if reply is not None:
-        tail = "\n".join(str(reply[1]).strip().splitlines()[-15:])
-        raise RuntimeError(f"bench worker for {what} failed:\n{tail}")
-    raise RuntimeError(f"bench worker for {what} exited with {exitcode} before sending a result (killed for memory?)")
-
-
 def run_job(kind: str, spec: Mapping[str, Any], *, inline: bool) -> dict[str, Any]:
-    """WORKERS[kind](spec), in this process (inline) or in a process of its own. The processes are forked from a
-    forkserver that imported this module's libraries once (a fresh interpreter would spend ~10 s importing them per
-    job); each is a new process, so its peak RSS is its own."""
-    if inline:
-        return WORKERS[kind](spec)
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["bench.flexecontrol"])
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=worker_main, args=(sender, kind, dict(spec)), daemon=True)
-    process.start()
-    sender.close()
-    try:
-        reply = receiver.recv()
-    except EOFError:
-        reply = None
-    process.join()
-    return job_result(reply, process.exitcode, f"{kind} {describe(spec)}")
+    """WORKERS[kind](spec), in this process (inline) or in a process of its own (bench/measure.py's run_job)."""
+    return measure.run_job(__name__ if inline else "bench.flexecontrol", kind, spec, inline=inline,
+                           what=f"{kind} {describe(spec)}")
 
 
 def describe(spec: Mapping[str, Any]) -> str:
@@ -410,11 +341,6 @@ def train_specs(args: argparse.Namespace, size: Mapping[str, Any]) -> list[dict[
 def alternating_spec(args: argparse.Namespace, size: Mapping[str, Any], present: int, gc_on: bool) -> dict[str, Any]:
     return {"present": present, "gradient_checkpointing": gc_on, "size": dict(size), "warmup": args.warmup,
             "steps": args.steps, "threads": args.threads, "n": args.n, "rank": args.rank, "seed": 0}
-
-
-def rotated(items: Sequence, by: int) -> list:
-    by %= len(items)
-    return [*items[by:], *items[:by]]
 
 
 def flexecontrol_pairs(keys) -> list[tuple[str, str, str]]:
@@ -604,18 +530,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     problems = [f"--{name} must be >= {low}, got {getattr(args, name)}"
                 for name, low in (("rounds", MIN_SAMPLES), ("warmup", 0), ("steps", MIN_SAMPLES if args.quick else 5),
                                   ("threads", 1), ("n", 1), ("rank", 1)) if getattr(args, name) < low]
-    if args.quick and args.out is None:
-        problems.append("--quick needs --out PATH.json (it never writes the committed results)")
-    if args.out is not None:
-        out = args.out.resolve()
-        if out.suffix != ".json":
-            problems.append(f"--out must name a .json file, got {args.out}")
-        if args.quick and out.parent == RESULTS.resolve():
-            problems.append(f"--quick must not write into {RESULTS.relative_to(REPO)}/ (the committed results): "
-                            f"give another --out")
-    if args.inline and not args.quick:
-        problems.append("--inline is for --quick: the committed measurement runs each configuration in its own "
-                        "process")
+    problems += measure.output_problems(args, RESULTS, REPO)
     if problems:
         parser.error("; ".join(problems))
     return args

@@ -1,6 +1,6 @@
 """bench/flexecontrol.py's own logic at tiny sizes (not the measurement): one training configuration measured in this
 process, the parameter counts, the run's orchestration and its result file (with stand-in measurements), the
-arguments it refuses, how a worker's failure is reported, and the committed result's targets."""
+arguments it refuses and the committed result's targets (its worker processes: test_measure.py)."""
 
 from __future__ import annotations
 
@@ -235,21 +235,6 @@ def test_bad_arguments_are_refused_with_the_reason(argv, message, capsys):
         fb.parse_args(argv)
     assert info.value.code == 2
     assert message in capsys.readouterr().err
-
-
-def test_a_worker_failure_names_the_job_and_its_traceback():
-    def broken(spec):
-        raise ValueError("no such condition type 'glow'")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(fb.WORKERS, "train", broken)
-        status, text = fb.call_worker("train", {})
-    assert status == "error" and "ValueError: no such condition type 'glow'" in text
-    with pytest.raises(RuntimeError, match=r"(?s)bench worker for train flexecontrol 1cond failed:.*glow"):
-        fb.job_result((status, text), 1, "train flexecontrol 1cond")
-    with pytest.raises(RuntimeError, match="exited with -9 before sending a result"):
-        fb.job_result(None, -9, "params parameter counts")
-    assert fb.job_result(("ok", {"a": 1}), 0, "x") == {"a": 1}
 
 
 def test_committed_result_holds_the_briefs_ratios_and_targets():
