@@ -15,7 +15,7 @@ text-to-video model, on CPU.
 5. GIFs of one prompt at levels 1 and 5 and along the trajectory (4x enlarged), a frame strip with the target boxes,
    and summary.md / summary.json under <root>.
 
-    python -m lightning_modules.mojito.demo [--root runs/demo] [--steps 200] [--seeds 3]
+    python -m lightning_modules.mojito.demo [--root runs/demo] [--steps 200] [--seeds 2]
 """
 
 from __future__ import annotations
@@ -162,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "demo")
     parser.add_argument("--steps", type=int, default=200, help="training steps of the intensity modulator")
-    parser.add_argument("--pretrain-steps", type=int, default=900, help="steps of the tiny base's pretraining")
+    parser.add_argument("--pretrain-steps", type=int, default=600, help="steps of the tiny base's pretraining")
     parser.add_argument("--num-train", type=int, default=1000,
                         help="synthetic-motion clips to pretrain the base on, and as many to train the modulator on")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds each measurement is averaged over")
+    parser.add_argument("--seeds", type=int, default=2, help="seeds each measurement is averaged over")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.steps, args.pretrain_steps, args.seeds) < 1 or args.num_train < 16:
