@@ -27,8 +27,8 @@ from torch import nn
 
 from datamodules.errors import raise_param_problems
 from lightning_modules.flexecontrol.conditions import check_condition_inputs
-from lightning_modules.flexecontrol.kronecker import (SharedKroneckerFactors, add_kronecker_updates, alpha_problems,
-                                                      FACTOR_SUFFIXES, kronecker_layer_names, load_plain_state_dict,
+from lightning_modules.flexecontrol.kronecker import (FACTOR_SUFFIXES, SharedKroneckerFactors, add_kronecker_updates,
+                                                      alpha_problems, kronecker_layer_names, load_plain_state_dict,
                                                       merge_kronecker_updates, positive_int_problems)
 
 ZERO_CONVOLUTIONS = ("controlnet_down_blocks", "controlnet_mid_block")
@@ -47,9 +47,9 @@ class ConditionEncoder(nn.Module):
     [N, embedding_channels, H / scale, W / scale].
 
     Space-to-depth first (pixel_unshuffle: each scale x scale patch becomes C * scale^2 channels), so that every conv
-    runs at the branch input's size rather than the map's (a map of SD's 512 px costs what a 64-px one does, and its
-    activations kept for backward are scale^2 times smaller); then 3x3 convs of `widths` channels with SiLU, and a
-    zero-initialised 3x3 conv_out, so that a new encoder adds nothing to the branch at the start.
+    runs at the branch input's size rather than the map's (for SD's 512-px maps on the 64 x 64 latent grid: the
+    activations kept for backward are scale^2 times fewer pixels); then 3x3 convs of `widths` channels with SiLU, and
+    a zero-initialised 3x3 conv_out, so that a new encoder adds nothing to the branch at the start.
     """
 
     def __init__(self, channels: int, embedding_channels: int, widths: list[int], scale: int):

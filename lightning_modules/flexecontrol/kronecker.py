@@ -129,7 +129,8 @@ class KroneckerUpdate(nn.Module):
     def forward(self, x: torch.Tensor, conv: Callable | None = None) -> torch.Tensor:
         """dW's term of the layer's output for its input x: x dW^T for a Linear (conv None), for a conv
         `conv(x, dW, None)` (the layer's own _conv_forward: its stride, padding, dilation, groups)."""
-        x = x.to(self.u.dtype)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast, its casts (no fp32 copy of a bf16 x kept)
+            x = x.to(self.u.dtype)
         if not self.factored:
             delta = self.delta()
             return F.linear(x, delta) if conv is None else conv(x, delta, None)
