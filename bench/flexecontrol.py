@@ -81,8 +81,9 @@ TARGETS = {"flexecontrol_over_uni_controlnet_params": "<= 0.4",
            **{f"flexecontrol_over_uni_controlnet_step_time_{k}cond": "<= 0.5" for k in PRESENT}}
 MEMORY_RATIO_BASIS = (
     "train_memory_mb (peak RSS over the training steps minus the RSS once models, optimizer and prompt encoding "
-    "exist): what a training step adds -- activations kept for backward, gradients, AdamW's moments, FlexEControl's "
-    "W + dW of each adapted layer. The RSS once built holds the Python process and its libraries (neither method's) "
+    "exist): what a training step adds -- activations kept for backward (FlexEControl's adapted layers keep their "
+    "inputs and small factors: their updates are applied factored, no W + dW is formed), gradients, AdamW's moments. "
+    "The RSS once built holds the Python process and its libraries (neither method's) "
     "and weights of nearly the same size on both sides (Uni-ControlNet's trainable copy, FlexEControl's frozen one), "
     "which at this small size would pull the total-peak ratio toward 1; peak_rss_mb and its ratio are written beside")
 STEP_TIME_RATIO_BASIS = (
@@ -135,7 +136,7 @@ def count_parameters(spec: Mapping[str, Any]) -> dict[str, Any]:
         branch = FlexEControlBranch.from_unet(unet, condition_channels(types), condition_scale=CONDITION_SCALE,
                                               n=spec["n"], rank=spec["rank"])
         out[f"flexecontrol_{label}"] = {"total": trainable_count(branch), **branch.trainable_parameter_counts()}
-        # the frozen copy: its adapted layers' W + dW is what FlexEControl's backward pass keeps instead of gradients
+        # the frozen copy, whose weights FlexEControl back-propagates through without their gradients
         out[f"flexecontrol_{label}_frozen"] = sum(p.numel() for p in branch.parameters() if not p.requires_grad)
         del branch
         gc.collect()
@@ -474,9 +475,9 @@ def notes(result: Mapping[str, Any], quick: bool) -> str:
                 f"MiB, uni_controlnet {figures[f'{uni_key}_train_memory_mb']:.0f} MiB, of which Uni-ControlNet's "
                 f"gradients and AdamW moments of its {uni_params / 1e6:.1f}M trainable parameters are "
                 f"{3 * 4 * uni_params / 2 ** 20:.0f} MiB (fp32, counted); flexecontrol trains "
-                f"{figures[f'{flex_key}_trainable_params'] / 1e6:.2f}M, but keeps each adapted layer's W + dW for "
-                f"its backward pass and back-propagates through the whole frozen copy as Uni-ControlNet does through "
-                f"its trainable one.")
+                f"{figures[f'{flex_key}_trainable_params'] / 1e6:.2f}M and forms no W + dW (its updates are applied "
+                f"factored), but back-propagates through the whole frozen copy as Uni-ControlNet does through its "
+                f"trainable one, whose activations both keep.")
     per_condition = []
     for variant in VARIANTS:
         keys = [f"{variant}_{present}cond" for present in PRESENT]
@@ -487,7 +488,7 @@ def notes(result: Mapping[str, Any], quick: bool) -> str:
     if per_condition:
         lines.append(
             f"From {' to '.join(map(str, PRESENT))} conditions present: " + "; ".join(per_condition) + ". FlexEControl "
-            "runs each present condition's own encoder on its full-size map (activations kept for backward); "
+            "runs each present condition's own encoder (space-to-depth first, its convs at the latents' size); "
             "Uni-ControlNet stacks all its types in channels and costs the same whatever is present.")
     for label, types in (("7types", len(TYPES)), ("3types", len(THREE_TYPES))):
         flex = {part: figures[f"flexecontrol_{label}_trainable_params_{part}"]
@@ -502,9 +503,10 @@ def notes(result: Mapping[str, Any], quick: bool) -> str:
     flex_7 = figures["flexecontrol_7types_trainable_params"]
     lines.append(
         f"Counted, not measured, at the parameter counts' shapes{' (tiny here)' if quick else ' (SD-1.5)'}, 7 types, "
-        f"fp32: Uni-ControlNet's gradients and AdamW moments take {3 * 4 * uni_7 / 2 ** 30:.2f} GiB; FlexEControl's "
-        f"W + dW of its {frozen / 1e6:.1f}M frozen copy weights take {4 * frozen / 2 ** 30:.2f} GiB and its "
-        f"gradients and moments {3 * 4 * flex_7 / 2 ** 30:.2f} GiB; activations come on top on both sides.")
+        f"fp32: Uni-ControlNet's gradients and AdamW moments take {3 * 4 * uni_7 / 2 ** 30:.2f} GiB, FlexEControl's "
+        f"{3 * 4 * flex_7 / 2 ** 30:.2f} GiB; forming W + dW for its {frozen / 1e6:.1f}M frozen copy weights, which "
+        f"its factored updates never do, would keep {4 * frozen / 2 ** 30:.2f} GiB more for backward; activations "
+        f"come on top on both sides.")
     if not all(result["checks"].values()):
         failed = [name for name, ok in result["checks"].items() if not ok]
         lines.append(f"Checks that failed: {', '.join(failed)}.")

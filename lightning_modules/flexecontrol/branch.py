@@ -1,7 +1,7 @@
 """FlexEControl's control branch (arXiv 2405.04834; DESIGN.md, "FlexEControl"): a frozen copy of the UNet's encoder
 and middle block (diffusers' ControlNetModel.from_unet) whose Linear and Conv2d weights get the shared-Kronecker
 updates of kronecker.py, zero-convolutions into the UNet's skip and middle residuals (trained in full), and one light
-condition encoder per condition type.
+condition encoder per condition type (space-to-depth, then convs at the branch input's size).
 
 Every present input map goes through its type's encoder; the encoders' outputs, each times its type's strength, are
 summed per sample into one feature map that the branch adds to its conv_in output (the ControlNet's own conditioning
@@ -9,26 +9,26 @@ embedding is an nn.Identity). A sample can carry any set of conditions, several 
 gets the branch on its noisy sample alone, as a ControlNet with a zero condition).
 
 The branch is a diffusers ModelMixin/ConfigMixin: save_pretrained / from_pretrained work without Lightning code,
-unmerged (H, u, v and the frozen copy) or merged (merged_copy(): plain weights W + dW, no parametrizations).
+unmerged (H, u, v and the frozen copy) or merged (merged_copy(): plain weights W + dW, no updates).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import ControlNetModel, ModelMixin, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
+from diffusers.models.controlnets.controlnet import zero_module
 from torch import nn
 
 from datamodules.errors import raise_param_problems
 from lightning_modules.flexecontrol.conditions import check_condition_inputs
-from lightning_modules.flexecontrol.kronecker import (SharedKroneckerFactors, add_kronecker_updates, alpha_problems,
-                                                      kronecker_layer_names, load_plain_state_dict,
+from lightning_modules.flexecontrol.kronecker import (FACTOR_SUFFIXES, SharedKroneckerFactors, add_kronecker_updates,
+                                                      alpha_problems, kronecker_layer_names, load_plain_state_dict,
                                                       merge_kronecker_updates, positive_int_problems)
 
 ZERO_CONVOLUTIONS = ("controlnet_down_blocks", "controlnet_mid_block")
@@ -37,9 +37,34 @@ TRAINABLE_GROUPS = ("kronecker_shared", "kronecker_layers", "condition_encoders"
 
 
 def default_encoder_widths(condition_scale: int) -> list[int]:
-    """Channels of a condition encoder's stages: 16 at full size, doubling at each of the log2(scale) stride-2
-    stages (16, 32, 64, 128 for an SD VAE's scale 8, as in the ControlNet paper)."""
-    return [16 * 2 ** i for i in range(int(math.log2(condition_scale)) + 1)]
+    """Channels of a condition encoder's 3x3 convs: 8 * scale and 16 * scale (64, 128 for an SD VAE's scale 8; 128
+    is the width of the ControlNet paper's encoder's last stage)."""
+    return [8 * condition_scale, 16 * condition_scale]
+
+
+class ConditionEncoder(nn.Module):
+    """One condition type's encoder: maps [N, C, H, W] (H x W = the branch input's size x `scale`) to features
+    [N, embedding_channels, H / scale, W / scale].
+
+    Space-to-depth first (pixel_unshuffle: each scale x scale patch becomes C * scale^2 channels), so that every conv
+    runs at the branch input's size rather than the map's (for SD's 512-px maps on the 64 x 64 latent grid: the
+    activations kept for backward are scale^2 times fewer pixels); then 3x3 convs of `widths` channels with SiLU, and
+    a zero-initialised 3x3 conv_out, so that a new encoder adds nothing to the branch at the start.
+    """
+
+    def __init__(self, channels: int, embedding_channels: int, widths: list[int], scale: int):
+        super().__init__()
+        self.scale = scale
+        self.conv_in = nn.Conv2d(channels * scale ** 2, widths[0], kernel_size=3, padding=1)
+        self.blocks = nn.ModuleList(nn.Conv2d(width_in, width_out, kernel_size=3, padding=1)
+                                    for width_in, width_out in zip(widths, widths[1:]))
+        self.conv_out = zero_module(nn.Conv2d(widths[-1], embedding_channels, kernel_size=3, padding=1))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        features = F.silu(self.conv_in(F.pixel_unshuffle(maps, self.scale)))
+        for block in self.blocks:
+            features = F.silu(block(features))
+        return self.conv_out(features)
 
 
 def is_zero_convolution(name: str) -> bool:
@@ -71,14 +96,10 @@ def branch_config_problems(controlnet_config, condition_channels, condition_scal
                                              f" an SD VAE, 1 in pixel space), got {condition_scale!r}")))
     problems += positive_int_problems(kronecker_n=kronecker_n, kronecker_rank=kronecker_rank)
     problems += [("kronecker_alpha", message) for _, message in alpha_problems(kronecker_alpha)]
-    if encoder_widths is not None:
-        if (not isinstance(encoder_widths, (list, tuple)) or not encoder_widths
-                or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in encoder_widths)):
-            problems.append(("encoder_widths", f"must be a list of integers >= 1, got {encoder_widths!r}"))
-        elif scale_ok and len(encoder_widths) != int(math.log2(condition_scale)) + 1:
-            stages = int(math.log2(condition_scale)) + 1
-            problems.append(("encoder_widths", (f"needs log2(condition_scale) + 1 = {stages} entries (one per"
-                                                f" stage), got {len(encoder_widths)}")))
+    if encoder_widths is not None and (
+            not isinstance(encoder_widths, (list, tuple)) or not encoder_widths
+            or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in encoder_widths)):
+        problems.append(("encoder_widths", f"must be a non-empty list of integers >= 1, got {encoder_widths!r}"))
     if not isinstance(merged, bool):
         problems.append(("merged", f"must be true or false, got {merged!r}"))
     return problems
@@ -90,8 +111,8 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
 
     Config: `controlnet_config` (the ControlNetModel config of the UNet's copy), `condition_channels` (type name ->
     channels of its map), `condition_scale` (condition map size / branch input size), `kronecker_n`,
-    `kronecker_rank`, `kronecker_alpha`, `encoder_widths` (channels of each condition encoder's stages; None: the
-    default_encoder_widths), `merged` (True: plain weights W + dW, no Kronecker parametrizations).
+    `kronecker_rank`, `kronecker_alpha`, `encoder_widths` (channels of each condition encoder's 3x3 convs; None: the
+    default_encoder_widths), `merged` (True: plain weights W + dW, no Kronecker updates).
 
     Trainable: H (`kronecker_factors`), every adapted layer's u, v, the condition encoders and the zero-convolutions;
     the copy's weights are frozen. Build it from a UNet with `from_unet`; `__init__` is the config path
@@ -115,8 +136,7 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
         self.embedding_channels = self.controlnet.config.block_out_channels[0]
         widths = list(encoder_widths) if encoder_widths is not None else default_encoder_widths(condition_scale)
         self.condition_encoders = nn.ModuleDict({
-            name: ControlNetConditioningEmbedding(self.embedding_channels, conditioning_channels=channels,
-                                                  block_out_channels=tuple(widths))
+            name: ConditionEncoder(channels, self.embedding_channels, widths, condition_scale)
             for name, channels in condition_channels.items()})
         self.kronecker_factors = None
         if not merged:
@@ -192,18 +212,12 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
 
     def merged_copy(self) -> FlexEControlBranch:
         """A copy with the Kronecker updates merged into plain weights (W + dW) and config merged=True: what
-        save_pretrained exports for use without the parametrizations; the same outputs as this branch."""
-        if self.config.merged:
-            return copy.deepcopy(self)
-        # A twin rebuilt from the config and the weights, not a deepcopy: parametrize gives every parametrized layer
-        # a class of its own, which deepcopy shares with the copy, and merging the copy would delete `weight` from
-        # that class, so this branch's layers would lose theirs.
-        like = next(self.parameters())
-        merged = type(self).from_config(self.config).to(device=like.device, dtype=like.dtype)
-        merged.load_state_dict(self.state_dict())
-        merge_kronecker_updates(merged.controlnet)
-        merged.kronecker_factors = None
-        merged.register_to_config(merged=True)
+        save_pretrained exports for use without the updates; the same outputs as this branch."""
+        merged = copy.deepcopy(self)
+        if not merged.config.merged:
+            merge_kronecker_updates(merged.controlnet)
+            merged.kronecker_factors = None
+            merged.register_to_config(merged=True)
         return merged
 
     def trainable_parameter_group(self, name: str) -> str:
@@ -216,7 +230,7 @@ class FlexEControlBranch(ModelMixin, ConfigMixin):
             inner = name[len("controlnet."):]
             if is_zero_convolution(inner):
                 return "zero_convolutions"
-            if name.endswith((".parametrizations.weight.0.u", ".parametrizations.weight.0.v")):
+            if name.endswith(FACTOR_SUFFIXES):
                 return "kronecker_layers"
         return "other"
 

@@ -28,6 +28,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,16 @@ def prepare(root: Path, seed: int, pretrain_steps: int, num_train: int, num_eval
     return {"base": base, "train": data / "train", "val": data / "val"}
 
 
+def fit_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a fit's process: `environ` with this checkout's packages first on PYTHONPATH, so the fit
+    trains with the code that evaluates it here (launch/fit.py as a script would otherwise import an installed copy
+    of the project, possibly another checkout's), and one intra-op thread unless OMP_NUM_THREADS says otherwise: this
+    small model's many tiny parallel ops wait for a descheduled second thread whenever another process is busy
+    (measured on 2 cores beside a busy process: 12 s a step with two threads, 0.7 s with one)."""
+    python_path = os.pathsep.join([str(REPO), *filter(None, [environ.get("PYTHONPATH")])])
+    return {**environ, "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": python_path}
+
+
 def fit(root: Path, paths: dict[str, Path], variant: str, steps: int) -> Path:
     runs = root / "runs"
     shutil.rmtree(runs / variant, ignore_errors=True)
@@ -76,11 +87,7 @@ def fit(root: Path, paths: dict[str, Path], variant: str, steps: int) -> Path:
                f"model.params.base.pretrained={paths['base']}", f"data.params.train={paths['train']}",
                f"data.params.val={paths['val']}", f"trainer.max_steps={steps}",
                f"trainer.val_check_interval={steps}"]
-    # One intra-op thread unless the user says otherwise: this small model's many tiny parallel ops wait for a
-    # descheduled second thread whenever another process is busy (measured on 2 cores beside a busy process: 12 s
-    # a step with two threads, 0.7 s with one).
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=fit_environment(os.environ))
     if result.returncode != 0:
         raise RuntimeError(f"the {variant} fit failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return runs / variant / "checkpoints" / "last.ckpt"

@@ -6,7 +6,7 @@ exported in diffusers' format next to the unchanged base model, and rebuilt from
 - `export(module, out_dir)`: the control model alone, saved with its class's `save_pretrained` under `out/control`
   (config.json + safetensors), and `worldbridge_export.json` naming the base (as the checkpoint names it: its weights
   are not copied), the variant, the condition types, the scheduler and the resolution. Per variant:
-  flexecontrol -> `FlexEControlBranch.merged_copy()` (plain weights W + dW, no parametrizations);
+  flexecontrol -> `FlexEControlBranch.merged_copy()` (plain weights W + dW, no Kronecker updates);
   uni_controlnet -> the `UniControlNetAdapter`; controlnet -> the diffusers `ControlNetModel` itself, which
   `diffusers.ControlNetModel.from_pretrained(out / "control")` loads without this project.
   The export is written in a temporary sibling directory and renamed into place: a failed export leaves nothing.

@@ -10,11 +10,10 @@ import pytest
 import torch
 from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
-from torch.nn.utils import parametrize
 
 from datamodules.errors import ParamError
 from lightning_modules.flexecontrol.branch import FlexEControlBranch, is_zero_convolution
-from lightning_modules.flexecontrol.kronecker import kronecker_update_of
+from lightning_modules.flexecontrol.kronecker import KroneckerUpdate, kronecker_update_of
 
 TINY_UNET = {"sample_size": 32, "in_channels": 3, "out_channels": 3, "block_out_channels": (32, 64),
              "layers_per_block": 1, "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -120,19 +119,12 @@ def test_exactly_h_u_v_encoders_and_zero_convolutions_train(unet):
     for name in expected_layers:  # still Linear / Conv2d for diffusers' code
         assert isinstance(branch.controlnet.get_submodule(name), type(reference.get_submodule(name)))
     expected = {"kronecker_factors.matrices"}
-    expected |= {f"controlnet.{name}.parametrizations.weight.0.{factor}" for name in expected_layers
-                 for factor in "uv"}
+    expected |= {f"controlnet.{name}.kronecker_update.{factor}" for name in expected_layers for factor in "uv"}
     expected |= {f"condition_encoders.{key}" for key, _ in branch.condition_encoders.named_parameters()}
     expected |= {f"controlnet.{key}" for key, _ in reference.named_parameters() if is_zero_convolution(key)}
     assert set(branch.trainable_parameter_names()) == expected
-    # frozen: every weight of the copy (an adapted layer's W is its parametrization's `original`) but the zero-convs
-    expected_frozen = set()
-    for key, _ in reference.named_parameters():
-        layer, _, leaf = key.rpartition(".")
-        if not is_zero_convolution(key):
-            adapted = leaf == "weight" and layer in expected_layers
-            expected_frozen.add(f"controlnet.{layer}.parametrizations.weight.original" if adapted
-                                else f"controlnet.{key}")
+    # frozen: every weight of the copy (an adapted layer's W keeps its name) but the zero-convs
+    expected_frozen = {f"controlnet.{key}" for key, _ in reference.named_parameters() if not is_zero_convolution(key)}
     assert {name for name, p in branch.named_parameters() if not p.requires_grad} == expected_frozen
 
     # gradients reach every trainable parameter and no frozen one
@@ -154,8 +146,8 @@ def test_h_gets_gradients_from_every_adapted_layer(unet):
     generator = torch.Generator().manual_seed(0)
     h = branch.kronecker_factors.matrices
     for name in branch.adapted_layer_names():
-        weight = branch.controlnet.get_submodule(name).weight  # W + dW of this layer only
-        (gradient,) = torch.autograd.grad((weight * torch.randn(weight.shape, generator=generator)).sum(), h)
+        delta = kronecker_update_of(branch.controlnet.get_submodule(name)).delta()  # dW of this layer only
+        (gradient,) = torch.autograd.grad((delta * torch.randn(delta.shape, generator=generator)).sum(), h)
         assert gradient.abs().sum() > 0, name
 
 
@@ -172,8 +164,9 @@ def test_trainable_count_matches_the_layer_shapes(unet):
     def conv3(c_in, c_out):  # a 3x3 conv's weight and bias
         return c_in * c_out * 9 + c_out
 
-    # widths (16, 32) for scale 2: conv_in, a 3x3 conv and a stride-2 conv per stage, conv_out to 32 (conv_in's width)
-    encoders = sum(conv3(c, 16) + conv3(16, 16) + conv3(16, 32) + conv3(32, 32) for c in channels.values())
+    # widths (16, 32) for scale 2: conv_in on the space-to-depth map (c * 2 * 2 channels), a 3x3 conv, conv_out to 32
+    # (the branch's conv_in width)
+    encoders = sum(conv3(4 * c, 16) + conv3(16, 32) + conv3(32, 32) for c in channels.values())
     # zero-convs (1x1): conv_in's output, down block 0's resnet and downsampler, down block 1's resnet; then the mid
     zero_convs = sum(c * c + c for c in (32, 32, 32, 64, 64))
     assert branch.trainable_parameter_counts() == {"kronecker_shared": n ** 3, "kronecker_layers": kronecker,
@@ -184,6 +177,30 @@ def test_trainable_count_matches_the_layer_shapes(unet):
     branch.controlnet.conv_in.bias.requires_grad_(True)  # unfrozen by hand: counted apart
     assert branch.trainable_parameter_counts()["other"] == 32
     assert "controlnet.conv_in.bias" in branch.trainable_parameter_names()
+
+
+def test_condition_encoders_run_at_the_branch_input_size_and_see_every_pixel(unet):
+    scale = 4
+    branch = make_active(build(unet, {"canny": 2}, condition_scale=scale)).eval()
+    encoder = branch.condition_encoders["canny"]
+    sizes = []
+    hooks = [conv.register_forward_pre_hook(lambda _, args: sizes.append(tuple(args[0].shape[1:])))
+             for conv in encoder.modules() if isinstance(conv, nn.Conv2d)]
+    sample, _, _ = inputs(1)
+    present = {"canny": torch.ones(1, 1, dtype=torch.bool)}
+    canny = maps(1, 1, channels=2, size=SIZE * scale)
+    with torch.no_grad():
+        fused = branch.encode_conditions({"canny": canny}, present, None, sample)
+        for hook in hooks:
+            hook.remove()
+        # space-to-depth: the 2-channel map at 4x the size is 2 * 4 * 4 channels at the branch's size for every conv
+        assert sizes == [(2 * scale ** 2, SIZE, SIZE), (16 * scale // 2, SIZE, SIZE), (16 * scale, SIZE, SIZE)]
+        assert fused.shape == (1, 32, SIZE, SIZE)
+        changed = canny.clone()
+        changed[0, 0, 1, scale * 3 + 3, scale * 5 + 1] += 1.0  # one pixel of one channel, inside patch (3, 5)
+        moved = branch.encode_conditions({"canny": changed}, present, None, sample) - fused
+    assert moved[0, :, 3, 5].abs().amax() > 0
+    assert moved[0, :, 0, 0].abs().amax() == 0  # a 3x3-conv stack of depth 3 reaches 3 patches, no further
 
 
 def test_each_sample_gets_only_its_own_conditions(unet):
@@ -278,8 +295,9 @@ def test_bad_construction_arguments_are_all_reported(unet):
                                                           "condition_scale", "kronecker_n", "kronecker_alpha"]
     with pytest.raises(ParamError, match="condition_channels: must map at least one"):
         build(unet, {})
-    with pytest.raises(ParamError, match=r"encoder_widths: needs log2\(condition_scale\) \+ 1 = 4 entries"):
-        build(unet, condition_scale=8, encoder_widths=[16, 32])
+    for widths in ([], [16, 0], "16"):
+        with pytest.raises(ParamError, match="encoder_widths: must be a non-empty list of integers >= 1"):
+            build(unet, condition_scale=8, encoder_widths=widths)
     with pytest.raises(ParamError, match="unet: must be a diffusers UNet2DConditionModel, got Linear"):
         FlexEControlBranch.from_unet(nn.Linear(2, 2), TYPES, condition_scale=1)
     config = dict(build(unet).config.controlnet_config)
@@ -308,8 +326,9 @@ def test_save_and_load_unmerged_and_merged(unet, tmp_path):
         merged = branch.merged_copy()
         assert merged.config.merged and not branch.config.merged
         assert merged.kronecker_factors is None and merged.adapted_layer_names() == []
-        assert not any(parametrize.is_parametrized(m) for m in merged.modules())
-        assert not any("parametrizations" in key or "kronecker" in key for key in merged.state_dict())
+        assert not any(isinstance(m, KroneckerUpdate) for m in merged.modules())
+        assert all(type(m) in (nn.Linear, nn.Conv2d) for m in merged.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+        assert not any("kronecker" in key for key in merged.state_dict())
         assert branch.adapted_layer_names()  # the original keeps its updates
         assert set(merged.trainable_parameter_counts().values()) != {0}
         assert merged.trainable_parameter_counts()["kronecker_layers"] == 0
@@ -318,7 +337,7 @@ def test_save_and_load_unmerged_and_merged(unet, tmp_path):
         merged.save_pretrained(tmp_path / "merged")
         reloaded = FlexEControlBranch.from_pretrained(tmp_path / "merged")
         assert reloaded.config.merged and reloaded.kronecker_factors is None
-        assert not any(parametrize.is_parametrized(m) for m in reloaded.modules())
+        assert not any(isinstance(m, KroneckerUpdate) for m in reloaded.modules())
         assert_residuals_close(reloaded(sample, timestep, text, conditions, present),
                                merged(sample, timestep, text, conditions, present), rtol=0, atol=0)
 
