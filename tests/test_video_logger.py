@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from callbacks.image_logger import GAP
