@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 import torch
@@ -30,6 +30,7 @@ from lightning_modules.diffusion.tiny import DEMO_UNET, write_tiny_text_to_image
 log = logging.getLogger("worldbridge.diffusion")
 CACHE_FORMAT = 1  # bump when what an entry holds, or how it is trained, changes
 REPORT = "pretraining.json"
+PREFIX = "tiny-t2i-"
 # what an entry is trained with unless a call says otherwise; every one is part of the cache key
 DEFAULTS = {"image_size": 32, "num_train": 2000, "max_steps": 600, "batch_size": 32, "lr": 2e-3, "seed": 0}
 
@@ -41,11 +42,35 @@ def settings_of(*, image_size: int, num_train: int, max_steps: int, batch_size: 
             "unet": {k: list(v) if isinstance(v, tuple) else v for k, v in DEMO_UNET.items()}}
 
 
+def entry_path(cache_dir: str | Path, prefix: str, full: dict[str, Any]) -> Path:
+    """Where a cache entry of these (complete) settings lives: `prefix` and a hash of every setting."""
+    return Path(cache_dir) / (prefix + hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16])
+
+
+def ensure_pretrained(cache_dir: str | Path, *, prefix: str, what: str, defaults: dict[str, Any],
+                      settings_of: Callable[..., dict[str, Any]],
+                      pretrain: Callable[[Path, Path, dict[str, Any], int | None], dict[str, Any]],
+                      threads: int | None, settings: dict[str, Any]) -> Path:
+    """The entry of a model pretrained once by `pretrain(entry, work, full settings, threads)` (its report), built
+    with `defaults` updated by `settings` (each part of the key; unknown ones are a TypeError) and `REPORT` written
+    last: the one cache mechanism of the demos' tiny bases (this module's and lightning_modules/mojito/cache.py's)."""
+    unknown = sorted(set(settings) - set(defaults))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
+    full = settings_of(**{**defaults, **settings})
+    final = entry_path(cache_dir, prefix, full)
+
+    def build(entry: Path, work: Path) -> None:
+        log.info("pretraining %s (%d steps) into %s", what, full["max_steps"], final)
+        report = {"settings": full, **pretrain(entry, work, full, threads)}
+        (entry / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+
+    return build_directory_once(final, build, REPORT)
+
+
 def tiny_text_to_image_path(cache_dir: str | Path, **settings: Any) -> Path:
     """Where `ensure_tiny_text_to_image` with these settings keeps its model."""
-    full = settings_of(**{**DEFAULTS, **settings})
-    return Path(cache_dir) / ("tiny-t2i-" + hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16])
-
+    return entry_path(cache_dir, PREFIX, settings_of(**{**DEFAULTS, **settings}))
 
 
 def pretrain(entry: Path, work: Path, settings: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -82,16 +107,6 @@ def ensure_tiny_text_to_image(cache_dir: str | Path, *, threads: int | None = 1,
     call and cached under `cache_dir`. `settings`: DEFAULTS to change (each is part of the cache key). `threads`:
     torch's intra-op threads while training (not part of the key; one is fastest for this small model on a busy
     2-core machine, as for the tiny CLIP)."""
-    unknown = sorted(set(settings) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    full = settings_of(**{**DEFAULTS, **settings})
-    final = tiny_text_to_image_path(cache_dir, **settings)
-
-    def build(entry: Path, work: Path) -> None:
-        log.info("pretraining a tiny text-to-image model on synthetic shapes (%d steps) into %s", full["max_steps"],
-                 final)
-        report = {"settings": full, **pretrain(entry, work, full, threads)}
-        (entry / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-
-    return build_directory_once(final, build, REPORT)
+    return ensure_pretrained(cache_dir, prefix=PREFIX, what="a tiny text-to-image model on synthetic shapes",
+                             defaults=DEFAULTS, settings_of=settings_of, pretrain=pretrain, threads=threads,
+                             settings=settings)

@@ -6,14 +6,12 @@ The first call writes synthetic-motion shards ("a red circle moving left", a sha
 the whole UNet of a random tiny UNetMotionModel pipeline (lightning_modules/diffusion/tiny.py; the random text encoder
 stays frozen) with MojitoModule (`trainable: [unet]`, no intensity input), and saves the pipeline in diffusers' layout.
 The entry's name carries a hash of every setting; it appears complete or not at all (datamodules.files
-.build_directory_once), with `pretraining.json` (settings, time, loss) written last.
+.build_directory_once through lightning_modules/diffusion/cache.py's ensure_pretrained), with `pretraining.json`
+(settings, time, loss) written last.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -21,17 +19,16 @@ from typing import Any
 import lightning as L
 import torch
 
-from datamodules.files import build_directory_once
 from datamodules.writers.common import ShardOptions
+from lightning_modules.diffusion.cache import ensure_pretrained, entry_path
 from lightning_modules.diffusion.components import DiffusionParts, save_diffusion_parts
 from lightning_modules.diffusion.tiny import write_tiny_text_to_video
 from lightning_modules.mojito.data import VideoCaptionData
 from lightning_modules.mojito.module import MojitoModule
 from lightning_modules.mojito.shards import write_synthetic_motion_shards
 
-log = logging.getLogger("worldbridge.mojito")
 CACHE_FORMAT = 1  # bump when what an entry holds, or how it is trained, changes
-REPORT = "pretraining.json"
+PREFIX = "tiny-t2v-"
 # half the default tiny widths: a step of 8 clips x 8 frames costs ~0.4 s on one core
 DEMO_VIDEO_UNET = {"block_out_channels": [16, 32], "num_attention_heads": 2}
 # what an entry is trained with unless a call says otherwise; every one is part of the cache key
@@ -45,8 +42,7 @@ def settings_of(**settings: Any) -> dict[str, Any]:
 
 def tiny_text_to_video_path(cache_dir: str | Path, **settings: Any) -> Path:
     """Where `ensure_tiny_text_to_video` with these settings keeps its model."""
-    full = settings_of(**{**DEFAULTS, **settings})
-    return Path(cache_dir) / ("tiny-t2v-" + hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()[:16])
+    return entry_path(cache_dir, PREFIX, settings_of(**{**DEFAULTS, **settings}))
 
 
 def pretrain(entry: Path, work: Path, settings: dict[str, Any], threads: int | None) -> dict[str, Any]:
@@ -84,16 +80,6 @@ def ensure_tiny_text_to_video(cache_dir: str | Path, *, threads: int | None = 1,
     """The directory of the tiny text-to-video pipeline (pixel space: load with `vae: null`, `unet_class:
     UNetMotionModel`), trained on the first call and cached under `cache_dir`. `settings`: DEFAULTS to change (each is
     part of the cache key). `threads`: torch's intra-op threads while training (not part of the key)."""
-    unknown = sorted(set(settings) - set(DEFAULTS))
-    if unknown:
-        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
-    full = settings_of(**{**DEFAULTS, **settings})
-    final = tiny_text_to_video_path(cache_dir, **settings)
-
-    def build(entry: Path, work: Path) -> None:
-        log.info("pretraining a tiny text-to-video model on synthetic motion (%d steps) into %s", full["max_steps"],
-                 final)
-        report = {"settings": full, **pretrain(entry, work, full, threads)}
-        (entry / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-
-    return build_directory_once(final, build, REPORT)
+    return ensure_pretrained(cache_dir, prefix=PREFIX, what="a tiny text-to-video model on synthetic motion",
+                             defaults=DEFAULTS, settings_of=settings_of, pretrain=pretrain, threads=threads,
+                             settings=settings)

@@ -10,7 +10,8 @@ from pathlib import Path
 import yaml
 
 from lightning_modules.mojito import demo
-from lightning_modules.mojito.cache import REPORT, tiny_text_to_video_path
+from lightning_modules.diffusion.cache import REPORT
+from lightning_modules.mojito.cache import tiny_text_to_video_path
 from tests.conftest import REPO, run_fit
 
 CONFIG = REPO / "configs" / "mojito" / "demo.yaml"
