@@ -22,6 +22,7 @@ from lightning_modules.diffusion.attention import (
 from lightning_modules.diffusion.components import (
                                                    FROM_PRETRAINED,
                                                    DiffusionParts,
+                                                   base_config_problems,
                                                    diffusion_parts_problems,
                                                    freeze,
                                                    is_frozen,
@@ -31,6 +32,7 @@ from lightning_modules.diffusion.components import (
 from lightning_modules.diffusion.latents import (decode_latents, decode_videos, encode_images, encode_prompts,
                                                  encode_videos, latent_scale_factor)
 from lightning_modules.diffusion.objective import (
+                                                   adamw_with_warmup,
                                                    diffusion_loss,
                                                    drop_prompts,
                                                    dropout_mask,
@@ -44,10 +46,10 @@ from lightning_modules.diffusion.sampling import denoise, guided, scheduler_clas
 from lightning_modules.diffusion.tiny import write_tiny_text_to_image
 
 __all__ = [
-    "FROM_PRETRAINED", "AttentionStore", "CrossAttentionRecorder", "DiffusionParts", "cross_attention_layers",
-    "decode_latents", "decode_videos", "denoise", "diffusion_loss", "diffusion_parts_problems", "drop_prompts",
-    "dropout_mask", "encode_images", "encode_prompts", "encode_videos", "freeze", "guided", "is_frozen",
-    "latent_scale_factor", "load_diffusion_parts", "min_snr_weights", "noisy_latents", "phrase_token_indices",
-    "record_cross_attention", "sample_timesteps", "save_diffusion_parts", "scheduler_class", "scheduler_from_name",
-    "snr", "training_target", "write_tiny_text_to_image",
+    "FROM_PRETRAINED", "AttentionStore", "adamw_with_warmup", "base_config_problems", "CrossAttentionRecorder",
+    "DiffusionParts", "cross_attention_layers", "decode_latents", "decode_videos", "denoise", "diffusion_loss",
+    "diffusion_parts_problems", "drop_prompts", "dropout_mask", "encode_images", "encode_prompts", "encode_videos",
+    "freeze", "guided", "is_frozen", "latent_scale_factor", "load_diffusion_parts", "min_snr_weights",
+    "noisy_latents", "phrase_token_indices", "record_cross_attention", "sample_timesteps", "save_diffusion_parts",
+    "scheduler_class", "scheduler_from_name", "snr", "training_target", "write_tiny_text_to_image",
 ]

@@ -197,6 +197,15 @@ def diffusion_parts_problems(pretrained: str | None = None, *, unet: Any = FROM_
     return problems
 
 
+def base_config_problems(params: Mapping[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
+    """A method's `config_problems` of its `base` parameter (load_diffusion_parts' arguments): every problem
+    `diffusion_parts_problems` finds, as `base.<argument>`, before anything loads; nothing without `check_files`."""
+    base = params.get("base")
+    if not check_files or not isinstance(base, Mapping):
+        return []
+    return [(f"base.{name}", message) for name, message in diffusion_parts_problems(**base)]
+
+
 def _load_model(part: str, cls: type, source: Any, pretrained: str | None, revision: str | None,
                 dtype: torch.dtype) -> nn.Module:
     if isinstance(source, Mapping):

@@ -120,3 +120,13 @@ def drop_prompts(prompts: Sequence[str], mask: torch.Tensor) -> list[str]:
     if len(prompts) != len(mask):
         raise ValueError(f"{len(prompts)} prompts but a mask of {len(mask)}")
     return ["" if dropped else prompt for prompt, dropped in zip(prompts, mask.tolist())]
+
+
+def adamw_with_warmup(parameters: Any, lr: float, weight_decay: float, warmup_steps: int) -> Any:
+    """What a diffusion module's `configure_optimizers` returns: AdamW over `parameters`, with a linear learning-rate
+    warmup over the first `warmup_steps` optimizer steps when it is > 0."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if not warmup_steps:
+        return optimizer
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup_steps))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}

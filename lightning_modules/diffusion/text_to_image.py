@@ -20,7 +20,7 @@ from datamodules.shard_dataset import DecodeSample
 from datamodules.transforms import center_crop, resize_shorter, sample_generator
 from lightning_modules.diffusion.components import DiffusionParts, freeze, load_diffusion_parts
 from lightning_modules.diffusion.latents import encode_images, encode_prompts
-from lightning_modules.diffusion.objective import (diffusion_loss, drop_prompts, dropout_mask, noisy_latents,
+from lightning_modules.diffusion.objective import (adamw_with_warmup, diffusion_loss, drop_prompts, dropout_mask, noisy_latents,
                                                    sample_timesteps, training_target)
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
@@ -111,8 +111,4 @@ class TextToImage(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if not hp.warmup_steps:
-            return optimizer
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return adamw_with_warmup(self.unet.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)

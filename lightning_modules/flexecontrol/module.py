@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from datamodules.errors import ParamError, raise_param_problems
 from datamodules.param_types import KwargsOf
 from datamodules.transforms import sample_generator
-from lightning_modules.diffusion import (decode_latents, denoise, diffusion_loss, diffusion_parts_problems,
-                                         drop_prompts, dropout_mask, encode_images, encode_prompts, freeze,
-                                         latent_scale_factor, load_diffusion_parts, noisy_latents,
+from lightning_modules.diffusion import (adamw_with_warmup, base_config_problems, decode_latents, denoise,
+                                         diffusion_loss, drop_prompts, dropout_mask, encode_images, encode_prompts,
+                                         freeze, latent_scale_factor, load_diffusion_parts, noisy_latents,
                                          phrase_token_indices, record_cross_attention, sample_timesteps,
                                          scheduler_from_name, training_target)
 from lightning_modules.flexecontrol.branch import FlexEControlBranch
@@ -102,10 +102,7 @@ class FlexEControlModule(L.LightningModule):
     @classmethod
     def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """The base model's sources (a local path that does not exist, an unknown scheduler), before anything loads."""
-        base = params.get("base")
-        if not check_files or not isinstance(base, dict):
-            return []
-        return [(f"base.{name}", message) for name, message in diffusion_parts_problems(**base)]
+        return base_config_problems(params, check_files)
 
     def build_control(self, variant: str, channels: dict[str, int]) -> torch.nn.Module:
         hp = self.hparams
@@ -230,11 +227,7 @@ class FlexEControlModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if not hp.warmup_steps:
-            return optimizer
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return adamw_with_warmup(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
 
     # -- sampling ---------------------------------------------------------------------------------------------------
     @torch.no_grad()

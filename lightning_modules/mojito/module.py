@@ -25,10 +25,10 @@ import torch
 from datamodules.errors import ParamError, raise_param_problems
 from datamodules.param_types import KwargsOf
 from datamodules.transforms import sample_generator
-from lightning_modules.diffusion import (decode_videos, denoise, diffusion_loss, diffusion_parts_problems, drop_prompts,
-                                         dropout_mask, encode_prompts, encode_videos, freeze, latent_scale_factor,
-                                         load_diffusion_parts, noisy_latents, sample_timesteps, scheduler_from_name,
-                                         training_target)
+from lightning_modules.diffusion import (adamw_with_warmup, base_config_problems, decode_videos, denoise,
+                                         diffusion_loss, drop_prompts, dropout_mask, encode_prompts, encode_videos,
+                                         freeze, latent_scale_factor, load_diffusion_parts, noisy_latents,
+                                         sample_timesteps, scheduler_from_name, training_target)
 from lightning_modules.diffusion.sampling import scheduler_class_problem
 from lightning_modules.learned_weights import LearnedWeightsOnly
 from lightning_modules.mojito.direction import DirectionControl, direction_control, subject_token_indices
@@ -164,10 +164,9 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
     @classmethod
     def config_problems(cls, params: dict[str, Any], check_files: bool = True) -> list[tuple[str, str]]:
         """The base model's and the motion adapter's sources, before anything loads."""
-        base = params.get("base")
-        if not check_files or not isinstance(base, dict):
-            return []
-        problems = [(f"base.{name}", message) for name, message in diffusion_parts_problems(**base)]
+        problems = base_config_problems(params, check_files)
+        if not check_files:
+            return problems
         adapter = params.get("motion_adapter")
         if adapter is not None:
             problem = motion_adapter_problem(adapter)
@@ -240,11 +239,7 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.trainable_parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        if not hp.warmup_steps:
-            return optimizer
-        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / hp.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return adamw_with_warmup(self.trainable_parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
 
     # -- sampling -----------------------------------------------------------------------------------------------------
     def resolution(self) -> int:
