@@ -12,6 +12,17 @@ DEMO_CONFIG = REPO / "configs" / "demo" / "regression.yaml"
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 
+def single_torch_thread():
+    """The body of the autouse fixtures of tiny-model test packages: one torch thread while they run (on a shared
+    2-core machine extra OpenMP threads only contend, measured 10x slower), restored afterwards for the rest."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def run_fit(*args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """launch/fit.py in a subprocess, as a user runs it."""
     return subprocess.run([sys.executable, str(REPO / "launch" / "fit.py"), *args], cwd=cwd, capture_output=True,

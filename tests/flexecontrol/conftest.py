@@ -5,13 +5,9 @@ segmentation models with their image processors, for the shard kinds and the eva
 import pytest
 import torch
 
+from tests.conftest import single_torch_thread
 
-@pytest.fixture(autouse=True, scope="package")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+one_torch_thread = pytest.fixture(autouse=True, scope="package")(single_torch_thread)
 
 
 @pytest.fixture(scope="package")
