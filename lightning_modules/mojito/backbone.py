@@ -106,7 +106,7 @@ def lora_parameter_names(unet: nn.Module) -> list[str]:
     return [name for name, _ in unet.named_parameters() if "lora_A" in name or "lora_B" in name]
 
 
-def trainable_set_problems(trainable: Any, unet_class: str | None, lora: Mapping[str, Any] | None,
+def trainable_set_problems(trainable: Any, lora: Mapping[str, Any] | None,
                            intensity_dim: int | None) -> list[tuple[str, str]]:
     """What is wrong with the choice of what trains, before anything loads."""
     if isinstance(trainable, str) or not isinstance(trainable, Sequence) or not trainable:

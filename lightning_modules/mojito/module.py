@@ -15,7 +15,7 @@ a video (BenchmarkValidation) are answered by `benchmark_responder()`, a diffusi
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Annotated, Any
 
@@ -37,9 +37,6 @@ from lightning_modules.mojito.backbone import (DEFAULT_LORA_TARGETS, add_lora, l
                                                video_unet, video_unet_forward)
 from lightning_modules.mojito.intensity import NONE, IntensityEmbedding, add_time_condition, intensity_guided
 from lightning_modules.mojito.responder import DenoisingResponder, DenoisingSettings
-
-StepHook = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor | None]
-
 
 @dataclass
 class LoraSettings:
@@ -109,7 +106,7 @@ class MojitoModule(LearnedWeightsOnly, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         trainable = list(trainable if trainable is not None else ["intensity"])
-        problems = trainable_set_problems(trainable, base.get("unet_class"), lora, intensity_dim)
+        problems = trainable_set_problems(trainable, lora, intensity_dim)
         problems += self.argument_problems(intensity_dim, intensity_dropout, prompt_dropout, lr, warmup_steps,
                                            snr_gamma, vae_chunk)
         if motion_adapter is not None:
