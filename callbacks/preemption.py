@@ -5,6 +5,11 @@ preempts a job; Ctrl-C sends SIGINT (in a terminal, to every process of the run:
 signal handler would interrupt whatever the process was doing (possibly a collective or a checkpoint write), and
 saving from rank 0 alone deadlocks sharded strategies, so the handler records the signal and `Preemption` acts on it
 after the current optimizer step.
+
+In Lightning's test loop (launch/evaluate.py test) there is nothing to save: the module keeps its finished items on
+disk (lightning_modules/test_items.py). A stop signal ends the loop after the current batch by raising `TestStopped`.
+Test shares may differ by one batch between ranks, so ranks agree on the signal only over the batches every rank
+runs; after those, each rank goes by its own signal.
 """
 
 from __future__ import annotations
@@ -23,6 +28,14 @@ from callbacks.signals import SignalFlag, signal_of_precedence, signal_precedenc
 log = logging.getLogger(__name__)
 
 
+class TestStopped(Exception):
+    """A stop signal ended a test loop after a finished batch; `signum` is the signal every rank agreed on."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
 class Preemption(Callback):
     """Saves `checkpoint_path` on every rank and stops training once any rank has received a stop signal.
 
@@ -34,6 +47,7 @@ class Preemption(Callback):
         self.flag = flag or SignalFlag()
         self.stopped_at_step: int | None = None
         self.stop_signal: int | None = None
+        self._common_test_batches = 0
 
     @property
     def interrupted(self) -> bool:
@@ -59,6 +73,23 @@ class Preemption(Callback):
         trainer.save_checkpoint(self.checkpoint_path, weights_only=False)
         self.stopped_at_step, self.stop_signal = trainer.global_step, agreed
         trainer.should_stop = True
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.flag.install()  # as in training: Lightning's handlers replaced ours when the loop started
+        mine = torch.tensor(sum(trainer.num_test_batches), device=trainer.strategy.root_device)
+        self._common_test_batches = int(trainer.strategy.reduce(mine, reduce_op="min"))
+
+    def on_test_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:
+        precedence = signal_precedence(self.flag.received)
+        if trainer.world_size > 1 and batch_idx < self._common_test_batches:
+            local = torch.tensor(precedence, device=trainer.strategy.root_device)
+            precedence = int(trainer.strategy.reduce(local, reduce_op="max"))
+        agreed = signal_of_precedence(precedence)
+        if agreed is not None:
+            self.stop_signal = agreed
+            log.warning("%s: stopping the test loop after batch %d", signal.Signals(agreed).name, batch_idx)
+            raise TestStopped(agreed)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.flag.restore()

@@ -17,9 +17,20 @@ from torch.utils.data import DataLoader, Sampler
 from datamodules.errors import raise_param_problems
 from datamodules.resumable import consumed_train_batches
 from datamodules.shard_dataset import DecodeSample, IndexedShardDataset, StreamShardDataset, read_sample
-from datamodules.shard_plan import PlanSettings, batches_per_rank, samples_per_rank
+from datamodules.shard_plan import PlanSettings, batches_per_rank, rank_span
 from datamodules.shard_source import ShardSource, open_source
 from datamodules.shards import DatasetError
+
+
+TEST_SPLIT = "__test__"  # the test split's key among the splits (a validation set may be named "test")
+
+
+def _split_name(split: str) -> str:
+    return "test" if split == TEST_SPLIT else split
+
+
+def _param_of(split: str) -> str:
+    return split if split == "train" else "test" if split == TEST_SPLIT else "val"
 
 
 class BatchPlanSampler(Sampler[tuple[int, int]]):
@@ -151,6 +162,8 @@ class ShardDataModule(L.LightningDataModule):
     `train` / `val`: a dataset directory (with index.json), a brace pattern or list of local tars, or webdataset
     URLs (pipe:, http) with `train_index` / `val_index` naming the index.json that holds their sample counts.
     `val` may also map names to sources ({base: DIR, new: DIR}): one validation loader per name, in that order.
+    `test` (Lightning's test loop: launch/evaluate.py test): a local dataset whose every sample is read exactly once
+    over all ranks, in order (rank shares differ by at most one sample; no sample is dropped or repeated).
     """
 
     def __init__(self, train: str | list[str] | None = None,
@@ -158,11 +171,12 @@ class ShardDataModule(L.LightningDataModule):
                  num_workers: int = 2, seed: int = 0, shuffle: bool = True, shuffle_buffer: int = 2000,
                  max_bad_fraction: float = 0.01, verify: Literal["sha256", "size", "none"] = "sha256",
                  train_index: str | None = None, val_index: str | dict[str, str] | None = None,
-                 required_keys: list[str] | None = None, prefetch_factor: int = 2):
+                 required_keys: list[str] | None = None, prefetch_factor: int = 2,
+                 test: str | list[str] | None = None, test_index: str | None = None):
         super().__init__()
         problems = []
-        if train is None and val is None:
-            problems.append(("train", "give at least one of train or val"))
+        if train is None and val is None and test is None:
+            problems.append(("train", "give at least one of train, val or test"))
         if batch_size < 1:
             problems.append(("batch_size", f"must be >= 1, got {batch_size}"))
         if num_workers < 0:
@@ -179,8 +193,9 @@ class ShardDataModule(L.LightningDataModule):
         raise_param_problems(problems + self.config_problems({"val": val}))
         named_index = dict(val_index) if isinstance(val_index, dict) else {name: val_index for name in named_val}
         self.val_names = list(named_val)
-        self.paths = {"train": train, **named_val}
-        self.indexes = {"train": train_index, **{name: named_index.get(name) for name in named_val}}
+        self.paths = {"train": train, **named_val, TEST_SPLIT: test}
+        self.indexes = {"train": train_index, **{name: named_index.get(name) for name in named_val},
+                        TEST_SPLIT: test_index}
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.max_bad_fraction, self.verify = max_bad_fraction, verify
@@ -221,7 +236,8 @@ class ShardDataModule(L.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def setup(self, stage: str) -> None:
-        splits = (["train"] if stage == "fit" else []) + (self.val_names if stage in ("fit", "validate") else [])
+        splits = (["train"] if stage == "fit" else []) + (self.val_names if stage in ("fit", "validate") else []) \
+            + ([TEST_SPLIT] if stage == "test" else [])
         for split in splits:
             if self.paths.get(split) is not None and split not in self.sources:
                 self.sources[split] = open_source(self.paths[split], verify=self.verify, index=self.indexes[split])
@@ -229,25 +245,31 @@ class ShardDataModule(L.LightningDataModule):
     def _settings(self, split: str) -> PlanSettings:
         train = split == "train"
         return PlanSettings(batch_size=self.batch_size, seed=self.seed, shuffle=self.shuffle and train,
-                            shuffle_buffer=self.shuffle_buffer, drop_last=train)
+                            shuffle_buffer=self.shuffle_buffer, drop_last=train, every_sample=split == TEST_SPLIT)
 
     def _loader(self, split: str) -> ShardDataLoader:
         if split not in self.sources:
-            raise DatasetError(f"no {split} data: set data.params.{split}")
+            raise DatasetError(f"no {_split_name(split)} data: set data.params.{_param_of(split)}")
         source, settings = self.sources[split], self._settings(split)
         rank, world = self.rank_and_world()
+        if split == TEST_SPLIT and not source.random_access:
+            raise DatasetError(f"{source.description}: the test split is read sample by sample from a local dataset "
+                               f"directory (with index.json) or local tars; copy the shards locally for testing")
+        if split == TEST_SPLIT and source.total_samples < 1:
+            raise DatasetError(f"{source.description}: the test data has no samples")
         if source.random_access:
-            if batches_per_rank(source.total_samples, world, settings) < 1:
+            if split != TEST_SPLIT and batches_per_rank(source.total_samples, world, settings) < 1:
                 raise DatasetError(f"{source.description}: {source.total_samples} samples give each of {world} "
                                    f"rank(s) no full batch of {self.batch_size}")
             dataset: Any = IndexedShardDataset(source, rank=rank, world_size=world, settings=settings,
                                                make_sample=self.make_sample(split))
-            planned = samples_per_rank(source.total_samples, world)
+            start, end = rank_span(source.total_samples, rank, world, settings.every_sample)
+            planned = end - start
         else:
             dataset = StreamShardDataset(source, rank=rank, world_size=world, num_workers=self.num_workers,
                                          settings=settings, make_sample=self.make_sample(split))
             planned = len(dataset) * self.batch_size
-        self.health[split] = DataHealth(split, planned, self.max_bad_fraction)
+        self.health[split] = DataHealth(_split_name(split), planned, self.max_bad_fraction)
         trainer = self.trainer
         consumed = consumed_train_batches(trainer) if trainer is not None and split == "train" else None
         workers = {"num_workers": self.num_workers}
@@ -264,13 +286,16 @@ class ShardDataModule(L.LightningDataModule):
         loaders = [self._loader(name) for name in self.val_names if name in self.sources]
         return loaders[0] if len(loaders) == 1 and self.val_names == ["val"] else loaders
 
+    def test_dataloader(self) -> ShardDataLoader:
+        return self._loader(TEST_SPLIT)
+
     def val_set_names(self) -> list[str]:
         return list(self.val_names)
 
     def metadata(self, split: str) -> dict[str, Any]:
-        """The dataset metadata of a split ('train' or a validation name), from its index."""
+        """The dataset metadata of a split ('train', a validation name, or TEST_SPLIT), from its index."""
         if split not in self.sources:
-            raise DatasetError(f"no {split} data: set data.params.{'train' if split == 'train' else 'val'}")
+            raise DatasetError(f"no {_split_name(split)} data: set data.params.{_param_of(split)}")
         return self.sources[split].metadata
 
     def health_metrics(self) -> dict[str, float]:

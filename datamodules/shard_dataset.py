@@ -275,7 +275,7 @@ class IndexedShardDataset(Dataset):
         return self.assemble([self.read(int(s)) for s in self.order(epoch)[j * b:(j + 1) * b]], epoch)
 
     def __len__(self) -> int:
-        return batches_per_rank(sum(self.counts), self.world_size, self.settings)
+        return batches_per_rank(sum(self.counts), self.world_size, self.settings, self.rank)
 
 
 # -- streaming -------------------------------------------------------------------------------------------------------

@@ -47,14 +47,29 @@ class PlanSettings:
     shuffle: bool
     shuffle_buffer: int
     drop_last: bool
+    # Evaluation that must see every sample exactly once (a test split): rank shares differ by at most one sample
+    # instead of being cut to the same length, so ranks may run different numbers of batches.
+    every_sample: bool = False
 
 
 def samples_per_rank(total_samples: int, world_size: int) -> int:
     return total_samples // world_size
 
 
-def batches_per_rank(total_samples: int, world_size: int, settings: PlanSettings) -> int:
-    share = samples_per_rank(total_samples, world_size)
+def rank_span(total_samples: int, rank: int, world_size: int, every_sample: bool = False) -> tuple[int, int]:
+    """[start, end) of this rank's contiguous share of the epoch's stream: equal shares (the remainder is left out),
+    or with `every_sample` shares that cover the whole stream, the first ranks one sample longer."""
+    if not every_sample:
+        share = samples_per_rank(total_samples, world_size)
+        return rank * share, (rank + 1) * share
+    base, extra = divmod(total_samples, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def batches_per_rank(total_samples: int, world_size: int, settings: PlanSettings, rank: int = 0) -> int:
+    start, end = rank_span(total_samples, rank, world_size, settings.every_sample)
+    share = end - start
     return share // settings.batch_size if settings.drop_last else -(-share // settings.batch_size)
 
 
@@ -65,8 +80,8 @@ def rank_order(counts: list[int], rank: int, world_size: int, epoch: int, settin
     order = shard_order(len(counts), settings.seed, epoch, settings.shuffle)
     stream = np.concatenate([np.arange(starts[i], starts[i] + counts[i], dtype=np.int64) for i in order]) \
         if len(order) else np.zeros(0, dtype=np.int64)
-    share = samples_per_rank(len(stream), world_size)
-    mine = stream[rank * share:(rank + 1) * share]
+    start, end = rank_span(len(stream), rank, world_size, settings.every_sample)
+    mine = stream[start:end]
     if settings.shuffle:
         mine = buffer_shuffle(mine, settings.shuffle_buffer, epoch_rng(settings.seed, epoch, 1, rank))
     if settings.drop_last:
