@@ -37,7 +37,7 @@ import ast
 import functools
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from datamodules.errors import UsageError
 from datamodules.synthetic_shapes import BACKGROUND_NAMES, COLORS, SHAPES
@@ -159,14 +159,26 @@ def parse_flag(cell: str) -> bool | None:
     return True if text in ("true", "1") else False if text in ("false", "0") else None
 
 
+class PairRow(NamedTuple):
+    """One row of a pair benchmark as read: its row number in the file (1 = the first after the header), the sample's
+    fields, and its two image ids."""
+    n: int
+    ident: str
+    sentence: str
+    triplet: tuple[str, str, str]
+    neg_triplet: str
+    negative_type: str
+    pos_image_id: str
+    neg_image_id: str
+
+
 class PairRows:
-    """The rows of a pair benchmark as read, before images are looked for: each kept row's
-    (row number, id, sentence, triplet, neg_triplet, negative type, positive image id, negative image id), and the
-    rows left out while reading, by reason."""
+    """The rows of a pair benchmark as read, before images are looked for: the rows kept (`rows`) and the rows left
+    out while reading, by reason (`left_out`)."""
 
     def __init__(self, source: Path, total: int):
         self.source, self.total = source, total
-        self.rows: list[tuple[int, str, str, tuple[str, str, str], str, str, str, str]] = []
+        self.rows: list[PairRow] = []
         self.left_out: Counter[str] = Counter()
 
     def add(self, n: int, row: dict[str, str], ident: str, negative_type: str) -> None:
@@ -180,43 +192,43 @@ class PairRows:
         ids = [row["pos_image_id"].strip(), row["neg_image_id"].strip()]
         if not all(ids):
             raise UsageError(f"{where}: empty pos_image_id or neg_image_id")
-        self.rows.append((n, ident, sentence, triplet, row["neg_triplet"].strip(), negative_type, ids[0], ids[1]))
+        self.rows.append(PairRow(n, ident, sentence, triplet, row["neg_triplet"].strip(), negative_type, *ids))
 
 
 def write_pair_shards(out: Path, read: PairRows, *, kind: str, benchmark: str, images: Path, require_all_images: bool,
                       options: ShardOptions) -> dict[str, Any]:
     """The rows of a pair benchmark whose two images are in `images` (and decode) as samples; the others left out
-    and counted, or with `require_all_images` an error naming the first. Returns the index."""
+    and counted (a row missing an image as missing_image, else one with an image that does not decode as
+    unreadable_image), or with `require_all_images` an error naming the first. Returns the index."""
     left_out = Counter(read.left_out)
     missing_ids: set[str] = set()
-    formats: dict[Path, str | None] = {}
+    formats: dict[Path, str | None] = {}  # image file -> its format, None when it does not decode
     kept = []
-    for n, ident, sentence, triplet, neg_triplet, negative_type, pos_id, neg_id in read.rows:
-        files = []
-        for image_id in (pos_id, neg_id):
+    for row in read.rows:
+        files: list[Path | None] = []
+        for image_id in (row.pos_image_id, row.neg_image_id):
             file = find_image(images, image_id)
             if file is None:
                 if require_all_images:
-                    raise UsageError(f"{images}: no image {image_id} ({'/'.join(IMAGE_SUFFIXES)}) for row {n} of "
-                                     f"{read.source} (--require-all-images)")
+                    raise UsageError(f"{images}: no image {image_id} ({'/'.join(IMAGE_SUFFIXES)}) for row {row.n} "
+                                     f"of {read.source} (--require-all-images)")
                 missing_ids.add(image_id)
-                left_out["missing_image"] += 1
-                break
-            if file not in formats:
+            elif file not in formats:
                 try:
                     formats[file] = image_format(file)
                 except UsageError:
                     if require_all_images:
                         raise
                     formats[file] = None
-            if formats[file] is None:
-                left_out["unreadable_image"] += 1
-                break
             files.append(file)
+        if None in files:
+            left_out["missing_image"] += 1
+        elif any(formats[file] is None for file in files):
+            left_out["unreadable_image"] += 1
         else:
-            meta = {"id": ident, "task": "pairs", "captions": [sentence], "negative_type": negative_type,
-                    "triplet": dict(zip(("subject", "verb", "object"), triplet)), "neg_triplet": neg_triplet,
-                    "image_ids": [pos_id, neg_id]}
+            meta = {"id": row.ident, "task": "pairs", "captions": [row.sentence], "negative_type": row.negative_type,
+                    "triplet": dict(zip(("subject", "verb", "object"), row.triplet)), "neg_triplet": row.neg_triplet,
+                    "image_ids": [row.pos_image_id, row.neg_image_id]}
             kept.append((files, meta))
     if not kept:
         raise UsageError(f"--images {images}: no row of {read.source} has both its images there "

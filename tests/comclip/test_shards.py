@@ -176,6 +176,11 @@ def test_svo_probes_round_trip(tmp_path, svo, capsys):
     assert make("svo-probes", "--csv", str(path), "--images", str(images), "--out", str(tmp_path / "u")) == (0, "")
     assert read_index(tmp_path / "u")["metadata"]["left_out"] == {"missing_image": 1, "no_single_negative_type": 1,
                                                                    "unreadable_image": 1}
+    # a row missing both its images: one row left out, two image ids missing
+    (images / "109.jpg").unlink()
+    assert make("svo-probes", "--csv", str(path), "--images", str(images), "--out", str(tmp_path / "v")) == (0, "")
+    meta = read_index(tmp_path / "v")["metadata"]
+    assert meta["left_out"]["missing_image"] == 1 and meta["missing_image_ids"] == 2
 
 
 def test_svo_probes_bad_inputs(tmp_path, svo):
