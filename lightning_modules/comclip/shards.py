@@ -8,7 +8,9 @@ released, and the synthetic compositional task.
   pos_triplet, neg_triplet, subj_neg, verb_neg, obj_neg (True/False: the negative's type), pos_image_id,
   neg_image_id (pos_url, neg_url and any other column are not used). The release has URLs, not images: the user
   downloads them into one folder, named by image id (<id>.png, <id>.jpg or <id>.jpeg). The released evaluation keeps
-  only rows with exactly one negative type set; the others are left out and counted here too;
+  only rows with exactly one negative type set; the others are left out and counted here too. These columns are
+  the ones the release's README and DeepMind's notebook name; the file itself was not at hand, so anything else in it
+  (an `index` column, used as the id when there is one) is taken as optional;
 - comvg: ComVG (released with ComCLIP, github.com/eric-ai-lab/ComCLIP, datasets/ComVG.csv), columns id, sentence,
   pos_triplet ("man,sit,table"), neg_triplet ("('dog', 'sit', 'table')"), pos_image_id, neg_image_id (Visual Genome
   ids; ComCLIP reads <id>.jpg) and neg_value (subject, verb or object);
