@@ -11,6 +11,10 @@ Kinds:
   control-images     images + captions from a .jsonl or .csv file, condition maps extracted (canny, sketch, depth, seg)
   multigen           MultiGen-20M as released (UniControl's json_files/, images/, conditions/), all maps of an image
   synthetic-motion   clips of a shape moving at a random speed: frames (.npy), per-frame boxes, motion intensity
+  winoground         Winoground as released (examples.jsonl + images/): two images, two captions, tags
+  svo-probes         SVO-Probes (svo_probes.csv + downloaded images): sentence, positive and negative image, triplet
+  comvg              ComVG (ComVG.csv + Visual Genome images): sentence, positive and negative image, triplet
+  synthetic-compositional  two coloured shapes and the same with colours swapped, both captions, the shapes' boxes
 
 On success it prints one line per dataset directory it wrote (classification: one per split):
   wrote OUT/train: 1 shard, 96 samples, 296,960 bytes
@@ -34,6 +38,7 @@ if str(REPO) not in sys.path:
 from datamodules.writers import GENERIC_KINDS  # noqa: E402
 from datamodules.writers.common import ShardKind, add_common_arguments, options_from_args  # noqa: E402
 from launch import cli  # noqa: E402
+from lightning_modules.comclip import shards as comclip_shards  # noqa: E402
 from lightning_modules.flexecontrol import shards as flexecontrol_shards  # noqa: E402
 from lightning_modules.mojito import shards as mojito_shards  # noqa: E402
 
@@ -42,6 +47,7 @@ PROG = "make_shards.py"
 METHOD_KINDS = (
     *flexecontrol_shards.KINDS,
     mojito_shards.KIND,
+    *comclip_shards.KINDS,
 )
 KINDS: dict[str, ShardKind] = {kind.name: kind for kind in (*GENERIC_KINDS, *METHOD_KINDS)}
 
