@@ -1,4 +1,11 @@
-"""Benchmark evaluation: `python launch/evaluate.py run --config FILE [key=value ...]` or `... score ...`.
+"""Evaluation: `python launch/evaluate.py run|score|test ...`.
+
+test    runs a LightningModule's test loop over a dataset from a fit-style config (run, model, data, trainer,
+        callbacks, slurm sections, as launch/fit.py; `data` gives `test`), with fit.py's trainer: DDP / SLURM
+        ranks each read their share of the test data. The module keeps its finished items in the run directory
+        (RUN/test/items-rank*.jsonl) and writes its results there (RUN/test/); a stopped run (preemption,
+        Ctrl-C, a crash) started again with the same command computes only the unfinished items. A SIGUSR1 on
+        SLURM (time-limit warning) requeues the job, as for a fit. --restart discards earlier items first.
 
 run     answers a benchmark's questions with a model and scores them, from a YAML config
         (configs/benchmarks/*.yaml; `base:` files and key=value overrides as in fit.py):
@@ -93,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="check the config and print it; run nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress bar / progress lines")
     run.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
+    test = commands.add_parser("test", help="run a model's test loop from a fit-style config (rank-sharded, resumable)",
+                               description="Run a LightningModule's test loop over the config's data.test.")
+    test.add_argument("--config", required=True, metavar="FILE", help="experiment YAML with data.params.test")
+    test.add_argument("--dry-run", action="store_true", help="check the config and print it; run nothing")
+    test.add_argument("--restart", action="store_true",
+                      help="discard the items finished by an earlier run of this config and start over")
+    test.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (OmegaConf dotlist)")
     return parser
 
 
@@ -425,6 +439,73 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- test
+def test_command(args: argparse.Namespace) -> int:
+    """The test loop of a fit-style config; exit code 0, or 130 after Ctrl-C (items kept, rerun resumes)."""
+    from omegaconf import OmegaConf
+
+    from launch import fit as fit_entry  # installs the stop-signal flag before the heavy imports
+
+    loaded = configs.load_config(args.config, args.overrides)
+    fit_entry.check_config(loaded)
+    if (loaded.cfg.data.get("params") or {}).get("test") is None:
+        raise UsageError([str(configs.ConfigIssue(loaded.source_of("data.params"), "data.params.test",
+                                                  "missing: the dataset the test loop reads (a shard directory)"))])
+    if args.dry_run:
+        print(OmegaConf.to_yaml(loaded.cfg).rstrip())
+        return 0
+    try:
+        return _run_test(loaded, fit_entry.prepare_run(loaded, None), args.restart)
+    finally:
+        fit_entry.close_process_group()
+
+
+def _run_test(loaded: configs.LoadedConfig, prepared: Any, restart: bool) -> int:
+    import shutil
+    import subprocess
+
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+    from omegaconf import OmegaConf
+
+    from callbacks.preemption import TestStopped
+    from launch.trainer import slurm_job_id
+    from lightning_modules.test_items import TEST_DIR
+
+    if not is_overridden("test_step", prepared.model):
+        raise UsageError(f"{loaded.source_of('model.target')}: model.target: {loaded.cfg.model.target} has no "
+                         f"test_step (evaluate.py test runs a module's test loop; use fit.py to train it)")
+    trainer, run_dir = prepared.trainer, prepared.run_dir
+    test_dir = run_dir.path / TEST_DIR
+    if trainer.is_global_zero:
+        if restart:
+            shutil.rmtree(test_dir, ignore_errors=True)
+        run_dir.save_config(OmegaConf.to_yaml(loaded.cfg))
+        run_dir.write_status("testing", slurm_job_id=slurm_job_id())
+    try:
+        trainer.test(prepared.model, datamodule=prepared.datamodule)
+    except TestStopped as stop:
+        job = slurm_job_id()
+        if trainer.is_global_zero:
+            state = "interrupted" if stop.signum == signal.SIGINT else "preempted"
+            run_dir.write_status(state, slurm_job_id=job)
+            kept = f"finished items kept in {test_dir}"
+            if stop.signum == signal.SIGUSR1 and job:
+                print(f"preempted; {kept}; requeueing SLURM job {job}", flush=True)
+                subprocess.run(["scontrol", "requeue", job], check=False)  # the job's last action, as in fit.py
+            else:
+                print(f"stopped by {signal.Signals(stop.signum).name}; {kept}; run the same command again to "
+                      f"resume", flush=True)
+        return 130 if stop.signum == signal.SIGINT else 0
+    except BaseException:
+        if trainer.is_global_zero:
+            run_dir.write_status("failed")
+        raise
+    if trainer.is_global_zero:
+        run_dir.write_status("tested", results=str(test_dir))
+        print(f"tested; results in {test_dir}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     silence_harmless_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -433,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return run_command(args)
+        if args.command == "test":
+            return test_command(args)
         summary = run_score(args)
         print(f"{args.benchmark}: overall {summary['overall']}% over {summary['counts']['overall']['total']} "
               f"questions; unparsed {summary['unparsed']['count']}, missing {summary['missing']['count']}, "

@@ -91,8 +91,9 @@ class PreparedRun:
     preemption: Any
 
 
-def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
-    """Build the run of a checked config: resume decision, seeded model and data, trainer."""
+def prepare_run(loaded: LoadedConfig, resume: str | None) -> PreparedRun:
+    """Build the run of a checked config: resume decision, seeded model and data, trainer. `resume` None: no
+    checkpoint is looked for (a test loop, which resumes from its item files instead)."""
     import lightning as L
 
     from launch.config import build
@@ -101,7 +102,7 @@ def prepare_run(loaded: LoadedConfig, resume: str) -> PreparedRun:
 
     run_settings = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
     run_dir = RunDir.from_settings(run_settings)
-    ckpt_path, resume_step = resolve_resume(run_dir, resume) or (None, None)
+    ckpt_path, resume_step = (resolve_resume(run_dir, resume) if resume is not None else None) or (None, None)
     L.seed_everything(run_settings.seed, workers=True, verbose=False)
     model, datamodule = build(loaded, "model"), build(loaded, "data")
     trainer, preemption = build_trainer(loaded, run_settings, run_dir, SIGNAL_FLAG, resume_step=resume_step)

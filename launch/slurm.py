@@ -16,7 +16,7 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Sequence, Any, Mapping
 
 from omegaconf import OmegaConf
 
@@ -144,7 +144,10 @@ def job_shape(loaded: LoadedConfig, flags: Mapping[str, str]) -> JobShape:
 
 
 def render_sbatch(settings: SlurmSettings, shape: JobShape, *, job_name: str, run_dir: Path, config: Path,
-                  overrides: list[str], workdir: Path, fit_script: Path, python: str = sys.executable) -> str:
+                  overrides: list[str], workdir: Path, script: Path, subcommand: Sequence[str] = (),
+                  script_options: Sequence[str] = ("--resume", "auto"), python: str = sys.executable) -> str:
+    """The job script: srun of `python script [subcommand] --config CONFIG [script_options] [overrides]`
+    (launch/fit.py --resume auto by default; launch/evaluate.py test for a test loop)."""
     lines = [
         "#!/bin/bash",
         f"#SBATCH --job-name={job_name}",
@@ -166,6 +169,7 @@ def render_sbatch(settings: SlurmSettings, shape: JobShape, *, job_name: str, ru
     lines += [f"#SBATCH {arg}" for arg in settings.sbatch_args]
     lines += ["", "set -eo pipefail", "export PYTHONUNBUFFERED=1", *settings.setup, ""]
     # the signal goes to the srun tasks (not the batch shell), so every rank records it
-    command = [python, str(fit_script.resolve()), "--config", str(config.resolve()), "--resume", "auto", *overrides]
+    command = [python, str(script.resolve()), *subcommand, "--config", str(config.resolve()), *script_options,
+               *overrides]
     lines.append("srun --kill-on-bad-exit=1 " + " ".join(shlex.quote(c) for c in command))
     return "\n".join(lines) + "\n"

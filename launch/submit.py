@@ -1,10 +1,12 @@
-"""Submit a training run to SLURM.
+"""Submit a training run (or a test loop) to SLURM.
 
-    python launch/submit.py --config FILE [--nodes N] [--gpus-per-node G] [--time T] [--partition P] [--dry-run]
-                            [key=value ...]
+    python launch/submit.py --config FILE [--test] [--nodes N] [--gpus-per-node G] [--time T] [--partition P]
+                            [--dry-run] [key=value ...]
 
 Writes `<run dir>/slurm.sbatch` (srun with one task per GPU, SIGUSR1 before the time limit, --requeue) and
-submits it with sbatch. The job resumes from its newest checkpoint every time SLURM (re)starts it.
+submits it with sbatch. The job resumes from its newest checkpoint every time SLURM (re)starts it. With --test the
+job runs `launch/evaluate.py test` instead of fit.py: each rank scores its share of data.test, and a requeued job
+computes only the items not finished before.
 
 The job requests what the config's trainer section uses: `trainer.devices` GPUs per node (one task each) when
 `trainer.accelerator` is gpu or cuda, else `trainer.devices` CPU processes per node, on `trainer.num_nodes`
@@ -64,6 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"time limit: minutes, HH:MM:SS or D-HH:MM:SS (default: slurm.time, else "
                              f"{SlurmSettings.time}); the job requeues itself before it and resumes")
     parser.add_argument("--partition", metavar="P")
+    parser.add_argument("--test", action="store_true",
+                        help="run the model's test loop (launch/evaluate.py test) instead of a fit")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script; write and submit nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, passed on to launch/fit.py")
     return parser.parse_args(argv)
@@ -88,8 +92,10 @@ def submit(args: argparse.Namespace) -> int:
     overrides += [f"trainer.num_nodes={shape.nodes}", f"trainer.devices={shape.tasks_per_node}"]
     run = RunSettings(**OmegaConf.to_container(loaded.cfg.run, resolve=True))
     run_dir = RunDir.from_settings(run)
+    entry = {"script": REPO_ROOT / "launch" / "evaluate.py", "subcommand": ["test"], "script_options": []} \
+        if args.test else {"script": REPO_ROOT / "launch" / "fit.py"}
     script = render_sbatch(settings, shape, job_name=run.name, run_dir=run_dir.path, config=Path(args.config),
-                           overrides=overrides, workdir=Path.cwd(), fit_script=REPO_ROOT / "launch" / "fit.py")
+                           overrides=overrides, workdir=Path.cwd(), **entry)
     if args.dry_run:
         print(script, end="")
         return 0

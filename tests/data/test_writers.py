@@ -58,7 +58,8 @@ def test_options_are_checked_and_the_size_parsed():
 
 def test_make_shards_offers_the_generic_and_the_method_kinds():
     assert list(make_shards.KINDS) == ["synthetic-shapes", "classification", "captions", "retrieval", "vqa", "video",
-                                       "synthetic-control", "control-images", "multigen", "synthetic-motion"]
+                                       "synthetic-control", "control-images", "multigen", "synthetic-motion",
+                                       "winoground", "svo-probes", "comvg", "synthetic-compositional"]
 
 
 # ------------------------------------------------------------------------------------------------ synthetic kinds
