@@ -18,7 +18,8 @@ def tiny_owl(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def tiny_clip(tmp_path_factory):
-    from lightning_modules.clip_pretrain.random_clip import write_random_clip
+    """A random CLIP whose cosines are positive (write_scoring_clip), so that ratio weights are not all uniform."""
+    from lightning_modules.clip_pretrain.random_clip import write_scoring_clip
     from lightning_modules.frozen_clip import FrozenCLIP
 
-    return FrozenCLIP(pretrained=str(write_random_clip(tmp_path_factory.mktemp("clip") / "clip")))
+    return FrozenCLIP(pretrained=str(write_scoring_clip(tmp_path_factory.mktemp("clip") / "clip")))
