@@ -65,10 +65,11 @@ def short_hostname() -> str:
 
 
 def _cpu_count() -> int:
-    result = subprocess.run(["nproc"], capture_output=True, text=True)
+    """The CPUs this machine gives the process. Not `nproc`: it answers OMP_NUM_THREADS when that is set, and a test
+    run with OMP_NUM_THREADS=1 would declare a one-CPU node on which a two-task job never starts."""
     try:
-        return int(result.stdout.strip())
-    except ValueError:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 

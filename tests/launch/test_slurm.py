@@ -223,8 +223,8 @@ def test_help_prints_the_whole_usage():
     result = subprocess.run([sys.executable, str(SUBMIT), "--help"], capture_output=True, text=True, timeout=60,
                             env=submit_env())
     assert result.returncode == 0, result.stderr
-    usage = ("python launch/submit.py --config FILE [--nodes N] [--gpus-per-node G] [--time T] [--partition P] "
-             "[--dry-run]")
+    usage = ("python launch/submit.py --config FILE [--test] [--nodes N] [--gpus-per-node G] [--time T] "
+             "[--partition P]\n                            [--dry-run]")
     assert usage in result.stdout and "[key=value ...]" in result.stdout
     assert "`trainer.devices` GPUs per node (one task each)" in result.stdout
     assert "refused with one line naming both keys" in result.stdout
