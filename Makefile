@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_ROOT := runs
 
-.PHONY: demo demo-cpl demo-flexecontrol test setup system-deps clean
+.PHONY: demo demo-cpl demo-flexecontrol demo-comclip test setup system-deps clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,11 @@ demo-cpl: setup
 # pretrained once and cached in runs/demo-flexecontrol/cache)
 demo-flexecontrol: setup
 	$(BIN)/python -m lightning_modules.flexecontrol.demo --root $(DEMO_ROOT)/demo-flexecontrol
+
+# ComCLIP vs plain CLIP on the synthetic compositional task (two shapes, colours swapped), with the tiny CLIP the CPL
+# demo pretrains (cached in runs/demo-comclip/cache), through launch/evaluate.py test
+demo-comclip: setup
+	$(BIN)/python -m lightning_modules.comclip.demo --root $(DEMO_ROOT)/demo-comclip
 
 test: setup system-deps
 	$(BIN)/python -m pytest
