@@ -7,15 +7,15 @@ text-to-video model, on CPU.
    configs/mojito/demo.yaml, as a user would run it. The config names <root>/cache/tiny-t2v/current and <root>/data
    (the default root), links this demo keeps pointed at what it prepared, so after `make demo` it runs as shipped.
 3. Intensity: clips sampled for a few prompts at no level and at levels 1..5 (same noise for every level of a prompt
-   and seed), each clip's mean optical flow measured with the shard writer's function; the table gives the mean flow
-   per requested level and the Spearman correlation of level and flow.
+   and seed), each clip's mean optical flow measured with the shard writer's function and the subject's speed from its
+   known colour's box; the table gives both per requested level and the Spearman correlation of each with the level.
 4. Direction: the same prompts along a trajectory of boxes, without control and with the gradient and the reweight
    modes (same noise), the subject located by its known colour in every frame; the table gives the mean IoU with the
    target boxes and the centroid distance (image widths).
 5. GIFs of one prompt at levels 1 and 5 and along the trajectory (4x enlarged), a frame strip with the target boxes,
    and summary.md / summary.json under <root>.
 
-    python -m lightning_modules.mojito.demo [--root runs/demo] [--steps 200] [--seeds 2]
+    python -m lightning_modules.mojito.demo [--root runs/demo] [--steps 400] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "mojito" / "demo.yaml"
-IMAGE_SIZE, FRAMES = 16, 8
+IMAGE_SIZE, FRAMES = 16, 4
 # (prompt, subject, colour): the subject's words are in the prompt; its colour finds it in a generated frame
 PROMPTS = [("a red circle moving right", "red circle", "red"), ("a blue square moving down", "blue square", "blue"),
            ("a green triangle moving left", "green triangle", "green"),
@@ -80,23 +80,48 @@ def fit(root: Path, paths: dict[str, Path], steps: int) -> Path:
     return runs / "mojito-demo" / "checkpoints" / "last.ckpt"
 
 
+def subject_speed(video: torch.Tensor, rgb: tuple[int, int, int]) -> float | None:
+    """The subject's speed in pixels per frame: the mean distance between the centres of its colour's box
+    (evaluation.locate_by_colour) in consecutive frames where it was found; None where no two such frames follow each
+    other. Beside the optical flow, which any change of the frame (flicker included) moves, this moves only with the
+    subject's pixels."""
+    from lightning_modules.mojito.evaluation import locate_by_colour
+
+    boxes, found = locate_by_colour(video, rgb)
+    centres = torch.stack([boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]], 1) / 2 * IMAGE_SIZE
+    steps = [float((b - a).norm()) for a, b, both in zip(centres, centres[1:], found[:-1] & found[1:]) if both]
+    return float(np.mean(steps)) if steps else None
+
+
 def intensity_table(module: Any, seeds: int) -> tuple[dict[str, Any], dict[Any, torch.Tensor]]:
-    """Mean measured flow per requested level (None: no level) over the prompts and seeds; the Spearman correlation
-    of level and flow over every clip with a level. Also the first prompt's first-seed clip per level."""
+    """Per requested level (None: no level), over the prompts and seeds: the mean measured flow and the mean speed of
+    the subject (found by its colour; clips where it was not found in two consecutive frames left out and counted);
+    the Spearman correlations of level and flow, and of level and speed, over every clip with a level (and a speed).
+    Also the first prompt's first-seed clip per level."""
+    from datamodules.synthetic_shapes import COLORS
     from lightning_modules.mojito.evaluation import intensity_fidelity, measured_flows
 
     prompts = [prompt for prompt, _, _ in PROMPTS]
     flows: dict[Any, list[float]] = {level: [] for level in (None, 1, 2, 3, 4, 5)}
+    speeds: dict[Any, list[float | None]] = {level: [] for level in flows}
     examples = {}
     for seed in range(seeds):
         for level in flows:
             videos = module.generate_videos(prompts, levels=[level] * len(prompts), seed=seed)
             flows[level] += measured_flows(videos)
+            speeds[level] += [subject_speed(video, COLORS[colour]) for video, (_, _, colour) in zip(videos, PROMPTS)]
             if seed == 0:
                 examples[level] = videos[0]
     leveled = [(level, flow) for level, values in flows.items() if level is not None for flow in values]
+    timed = [(level, speed) for level, values in speeds.items() if level is not None for speed in values
+             if speed is not None]
     return {"flow_by_level": {str(level): float(np.mean(values)) for level, values in flows.items()},
-            "spearman": intensity_fidelity([lv for lv, _ in leveled], [fl for _, fl in leveled])}, examples
+            "spearman": intensity_fidelity([lv for lv, _ in leveled], [fl for _, fl in leveled]),
+            "speed_by_level": {str(level): float(np.mean([v for v in values if v is not None]))
+                               if any(v is not None for v in values) else None for level, values in speeds.items()},
+            "speed_missing": sum(v is None for values in speeds.values() for v in values),
+            "speed_spearman": intensity_fidelity([lv for lv, _ in timed], [sp for _, sp in timed])
+            if len(timed) >= 2 else None}, examples
 
 
 def direction_table(module: Any, seeds: int) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor]:
@@ -143,13 +168,19 @@ def write_examples(out: Path, intensity: dict[Any, torch.Tensor], direction: dic
 
 
 def summary(intensity: dict[str, Any], direction: dict[str, Any], steps: int, seeds: int) -> str:
-    lines = [f"Motion intensity after {steps} steps of training the intensity modulator and the motion modules: mean "
-             f"optical flow (pixels/frame) of {len(PROMPTS)} prompts x {seeds} seeds of {FRAMES}-frame "
-             f"{IMAGE_SIZE}-pixel clips at each requested level (same noise at every level):", "",
-             "| requested level | mean flow |", "|---|---|"]
-    lines += [f"| {'none' if level == 'None' else level} | {flow:.3f} |"
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    lines = [f"Motion intensity after {steps} steps of training the intensity modulator and the motion modules, "
+             f"{len(PROMPTS)} prompts x {seeds} seeds of {FRAMES}-frame {IMAGE_SIZE}-pixel clips at each requested "
+             f"level (same noise at every level): mean optical flow, and the subject's speed (its colour's box centre "
+             f"from frame to frame), both in pixels/frame:", "",
+             "| requested level | mean flow | subject speed |", "|---|---|---|"]
+    lines += [f"| {'none' if level == 'None' else level} | {flow:.3f} | {number(intensity['speed_by_level'][level])} |"
               for level, flow in intensity["flow_by_level"].items()]
-    lines += ["", f"Spearman correlation of requested level and measured flow: {intensity['spearman']:.3f}", "",
+    lines += ["", f"Spearman correlation of requested level and measured flow: {intensity['spearman']:.3f}; of level "
+              f"and subject speed: {number(intensity['speed_spearman'])} ({intensity['speed_missing']} clips without "
+              f"the subject in two consecutive frames left out)", "",
               f"Motion direction along boxes from {TRAJECTORY[0]} to {TRAJECTORY[-1]} (box {BOX_SIZE} of the frame), "
               f"the subject found by its colour:", "", "| direction control | trajectory IoU | centroid distance |",
               "|---|---|---|"]
@@ -161,11 +192,11 @@ def summary(intensity: dict[str, Any], direction: dict[str, Any], steps: int, se
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=REPO / "runs" / "demo")
-    parser.add_argument("--steps", type=int, default=200, help="training steps of the intensity modulator")
+    parser.add_argument("--steps", type=int, default=400, help="training steps of the intensity modulator")
     parser.add_argument("--pretrain-steps", type=int, default=600, help="steps of the tiny base's pretraining")
     parser.add_argument("--num-train", type=int, default=1000,
                         help="synthetic-motion clips to pretrain the base on, and as many to train the modulator on")
-    parser.add_argument("--seeds", type=int, default=2, help="seeds each measurement is averaged over")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds each measurement is averaged over")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if min(args.steps, args.pretrain_steps, args.seeds) < 1 or args.num_train < 16:
@@ -178,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ready after {time.perf_counter() - start:.0f} s", flush=True)
     print(f"training the intensity modulator ({args.steps} steps) with launch/fit.py ...", flush=True)
     checkpoint = fit(args.root, paths, args.steps)
+    print(f"  trained after {time.perf_counter() - start:.0f} s", flush=True)
     from lightning_modules.mojito.inference import load_for_inference
 
     module = load_for_inference(checkpoint)

@@ -7,8 +7,11 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
+from datamodules.synthetic_shapes import COLORS
 from lightning_modules.mojito import demo
 from lightning_modules.diffusion.cache import REPORT
 from lightning_modules.mojito.cache import tiny_text_to_video_path
@@ -36,3 +39,14 @@ def test_the_shipped_config_runs_as_shipped_on_what_the_demo_prepared(tmp_path):
     before = os.stat(entry / REPORT).st_mtime_ns
     again = demo.prepare(root, seed=0, pretrain_steps=PRETRAIN_STEPS, num_train=32)
     assert again == paths and os.stat(entry / REPORT).st_mtime_ns == before
+
+
+def test_subject_speed_follows_the_subjects_colour_only():
+    red = COLORS["red"]
+    video = torch.zeros(4, 3, demo.IMAGE_SIZE, demo.IMAGE_SIZE)
+    for t in range(4):  # a 3-pixel red square moving 2 pixels right per frame; a blue one flickering beside it
+        video[t, :, 2:5, 1 + 2 * t:4 + 2 * t] = torch.tensor([220, 30, 30]).view(3, 1, 1) / 255
+        video[t, :, 10:13, 10:13] = torch.tensor([30, 60, 220] if t % 2 else [245, 245, 245]).view(3, 1, 1) / 255
+    assert demo.subject_speed(video, red) == pytest.approx(2.0)
+    video[1:3] = 0  # found in frames 0 and 3 only: no two consecutive frames
+    assert demo.subject_speed(video, red) is None
