@@ -2,7 +2,6 @@
 anything loads, saving in diffusers' layout, freezing."""
 
 import copy
-import importlib.util
 import pickle
 
 import pytest
@@ -130,8 +129,18 @@ def test_unknown_scheduler_with_did_you_mean(pixel_pipeline):
         load_diffusion_parts(str(pixel_pipeline), vae=None, scheduler="DDIMScheduer")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("scipy") is not None, reason="scipy is installed here")
-def test_a_scheduler_whose_dependency_is_missing_says_which():
+def test_a_scheduler_whose_dependency_is_missing_says_which(monkeypatch):
+    import diffusers
+
+    class MissingBackend:
+        """What diffusers exports in a scheduler's place when its optional dependency is not installed."""
+
+        @classmethod
+        def from_config(cls, *args, **kwargs):
+            raise ImportError("LMSDiscreteScheduler requires the scipy library but it was not found in your "
+                              "environment.\nSee the installation page.")
+
+    monkeypatch.setattr(diffusers, "LMSDiscreteScheduler", MissingBackend)
     [(name, message)] = diffusion_parts_problems(None, unet={"config": {}}, vae=None, text_encoder={"config": {}},
                                                  tokenizer=".", scheduler="LMSDiscreteScheduler")
     assert name == "scheduler" and "scipy" in message
