@@ -255,8 +255,10 @@ class ShardDataModule(L.LightningDataModule):
         if split == TEST_SPLIT and not source.random_access:
             raise DatasetError(f"{source.description}: the test split is read sample by sample from a local dataset "
                                f"directory (with index.json) or local tars; copy the shards locally for testing")
-        if split == TEST_SPLIT and source.total_samples < 1:
-            raise DatasetError(f"{source.description}: the test data has no samples")
+        if split == TEST_SPLIT and source.total_samples < world:
+            # a rank without a batch skips Lightning's whole test loop, and the others would wait for it at the end
+            raise DatasetError(f"{source.description}: {source.total_samples} test sample(s) cannot give each of "
+                               f"{world} rank(s) one; run the test on at most {max(source.total_samples, 1)} rank(s)")
         if source.random_access:
             if split != TEST_SPLIT and batches_per_rank(source.total_samples, world, settings) < 1:
                 raise DatasetError(f"{source.description}: {source.total_samples} samples give each of {world} "

@@ -19,7 +19,7 @@ def read_keys(dm: ShardDataModule) -> list[str]:
     return [k for batch in dm.test_dataloader() for k in batch["__key__"]]
 
 
-@pytest.mark.parametrize("total,world", [(10, 3), (7, 2), (2, 3), (12, 4), (1, 1)])
+@pytest.mark.parametrize("total,world", [(10, 3), (7, 2), (2, 3), (3, 3), (12, 4), (1, 1)])
 def test_rank_spans_cover_every_sample_once(total, world):
     spans = [rank_span(total, r, world, every_sample=True) for r in range(world)]
     assert spans[0][0] == 0 and spans[-1][1] == total
@@ -64,4 +64,14 @@ def test_test_split_needs_local_indexed_shards(tmp_path):
     dm = ShardDataModule(test=f"pipe:cat {tar}", test_index=None, batch_size=2, num_workers=0)
     with pytest.raises(DatasetError):
         dm.setup("test")
+        dm.test_dataloader()
+
+
+def test_fewer_test_samples_than_ranks_is_an_error_naming_the_fix(tmp_path):
+    data = shapes(tmp_path, num=2, per_shard=2)
+    dm = ShardDataModule(test=str(data), batch_size=4, num_workers=0, verify="size")
+    dm.trainer = FakeTrainer(0, 3)
+    dm.setup("test")
+    with pytest.raises(DatasetError, match="2 test sample\\(s\\) cannot give each of 3 rank\\(s\\) one; run the test on at "
+                                           "most 2 rank"):
         dm.test_dataloader()
