@@ -94,6 +94,11 @@ class DetectorGrounder:
             raise UsageError(f"detector model_path {model_path}: its processor cannot run here "
                              f"({first_line(e)})") from e
 
+    def to(self, device: str | torch.device) -> "DetectorGrounder":
+        """Run the detector on `device` (the module moves it beside its CLIP when the test loop starts)."""
+        self.model.to(device)
+        return self
+
     def _inputs(self, image: torch.Tensor, phrases: Sequence[str]) -> Any:
         """The processor's inputs for one batch row per phrase, each the image with that phrase alone."""
         from PIL import Image

@@ -138,7 +138,7 @@ class ComCLIP(L.LightningModule):
         self.done = self.journal.done_keys()
 
     def on_test_start(self) -> None:
-        if self.grounder is not None and hasattr(self.grounder, "to"):
+        if isinstance(self.grounder, DetectorGrounder):  # not a submodule: Lightning moves only the CLIP
             self.grounder.to(self.device)
         if self.task == "rerank":
             self.gallery = self.embed_gallery(self.trainer.datamodule)
@@ -149,9 +149,20 @@ class ComCLIP(L.LightningModule):
         for: each caption's top k images and each image's top k captions. An image that is missing leaves the
         gallery with its captions (its item is counted with its error)."""
         images: dict[int, torch.Tensor] = {}
+        pending: list[Any] = []
+
+        def embed_pending() -> None:  # in batches of the scorer's size, never the whole gallery's pixels at once
+            embedded = self.scorer.image_embeddings([item.images[0] for item in pending])
+            images.update({int(item.fields["image_index"]): e for item, e in zip(pending, embedded)})
+            pending.clear()
+
         for item in dm.all_items():
             if item.error is None:
-                images[int(item.fields["image_index"])] = self.scorer.image_embeddings(item.images)[0]
+                pending.append(item)
+                if len(pending) == self.scorer.batch_size:
+                    embed_pending()
+        if pending:
+            embed_pending()
         order = sorted(images)
         column = {index: c for c, index in enumerate(order)}
         kept = [(c, owner) for c, owner in enumerate(dm.caption_owners()) if owner in column]

@@ -102,7 +102,9 @@ def check_detector(path, pad_to_square: bool):
 
 
 def test_owlvit_detector(tiny_owl):
-    assert DetectorGrounder(str(tiny_owl)).model_type == "owlvit"
+    grounder = DetectorGrounder(str(tiny_owl))
+    assert grounder.model_type == "owlvit"
+    assert grounder.to("meta") is grounder and next(grounder.model.parameters()).device.type == "meta"
     check_detector(tiny_owl, pad_to_square=False)
 
 
