@@ -40,9 +40,18 @@ def test_one_configuration_measures_timed_steps_phases_and_memory(variant, check
         assert phases == pytest.approx(step, rel=1e-6)  # the phases partition the step
     assert record["peak_reset"] is True
     assert record["train_memory_mb"] == pytest.approx(record["peak_rss_mb"] - record["rss_after_build_mb"])
-    assert record["rss_after_build_mb"] > record["rss_after_imports_mb"] > 0
+    # inline, in pytest's process, garbage of earlier tests collected after the build can shrink the resident set:
+    # the ordering of the readings is a property of a process of its own (next test)
+    assert record["rss_after_build_mb"] > 0 and record["rss_after_imports_mb"] > 0
     assert record["checks"] == {name: True for name in record["checks"]}
     assert record["trainable_params"] > 0 and record["frozen_params"] > 0
+
+
+def test_a_job_in_a_process_of_its_own_sees_its_build_in_its_resident_set():
+    record = fb.run_job("train", train_spec("flexecontrol", steps=1, warmup=0), inline=False)
+    assert record["variant"] == "flexecontrol" and len(record["step_ms"]) == 1
+    assert record["peak_rss_mb"] >= record["rss_after_build_mb"] > record["rss_after_imports_mb"] > 0
+    assert record["checks"] == {name: True for name in record["checks"]}
 
 
 def test_both_sides_get_the_same_frozen_unet_and_batches(tmp_path):

@@ -7,7 +7,6 @@ import json
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -156,9 +155,7 @@ def test_cached_model_is_returned_without_training(pretrained, monkeypatch):
 
     monkeypatch.setattr(cache, "pretrain", refuse)
     monkeypatch.setattr(cache, "write_shapes", refuse)
-    started = time.perf_counter()
-    assert ensure_tiny_clip(pretrained.parent, **SHORT) == pretrained
-    assert time.perf_counter() - started < 1.0
+    assert ensure_tiny_clip(pretrained.parent, **SHORT) == pretrained  # `refuse` proves nothing was trained again
     with pytest.raises(AssertionError, match="cache was missed"):  # other settings, another entry
         ensure_tiny_clip(pretrained.parent, **{**SHORT, "seed": 1})
 
