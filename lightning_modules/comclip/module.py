@@ -19,6 +19,7 @@ is done the results are written to RUN/test/: results.json, items.jsonl (every i
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -149,20 +150,11 @@ class ComCLIP(L.LightningModule):
         for: each caption's top k images and each image's top k captions. An image that is missing leaves the
         gallery with its captions (its item is counted with its error)."""
         images: dict[int, torch.Tensor] = {}
-        pending: list[Any] = []
-
-        def embed_pending() -> None:  # in batches of the scorer's size, never the whole gallery's pixels at once
-            embedded = self.scorer.image_embeddings([item.images[0] for item in pending])
-            images.update({int(item.fields["image_index"]): e for item, e in zip(pending, embedded)})
-            pending.clear()
-
-        for item in dm.all_items():
-            if item.error is None:
-                pending.append(item)
-                if len(pending) == self.scorer.batch_size:
-                    embed_pending()
-        if pending:
-            embed_pending()
+        readable = (item for item in dm.all_items() if item.error is None)
+        # read a pass of the scorer's batch size at a time: never the whole gallery's pixels in memory at once
+        while group := list(itertools.islice(readable, self.scorer.batch_size)):
+            embedded = self.scorer.image_embeddings([item.images[0] for item in group])
+            images.update({int(item.fields["image_index"]): e for item, e in zip(group, embedded)})
         order = sorted(images)
         column = {index: c for c, index in enumerate(order)}
         kept = [(c, owner) for c, owner in enumerate(dm.caption_owners()) if owner in column]

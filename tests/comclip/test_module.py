@@ -167,6 +167,11 @@ def test_rerank_on_retrieval_shards(inputs, tmp_path):
             assert set(results["metrics"][method][direction]) == {"R@1", "R@5"}
     records = items(runs / "run")
     assert all(r["caption_ids"] for r in records)  # every image is in some caption's top 3
+    # the gallery embedded in passes of 3 images (3 + 3 + 2, the last one short): the same gallery
+    assert run_test(*base, "run.name=passes", "model.params.top_k=3", "model.params.clip_batch_size=3") == 0
+    passes = json.loads((runs / "passes" / "test" / "results.json").read_text())
+    assert passes["metrics"] == results["metrics"]
+    assert [r["caption_ids"] for r in items(runs / "passes")] == [r["caption_ids"] for r in records]
     # re-ranking inside a top 1 changes nothing
     assert run_test(*base, "run.name=top1", "model.params.top_k=1") == 0
     top1 = json.loads((runs / "top1" / "test" / "results.json").read_text())["metrics"]
